@@ -1,0 +1,44 @@
+# One command to run the service, one to run the tests; both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned, so resolving the project never pulls a different (CUDA) build.
+TORCH_SPEC ?= torch==2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve worker test test-fast lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+serve: install  ## the API with an in-process worker (SQLite + local blobs under .lethe/)
+	$(BIN)/lethe serve --host $(HOST) --port $(PORT)
+
+worker: install  ## a Celery worker (needs LETHE_BROKER_URL and LETHE_DATABASE_URL)
+	$(BIN)/lethe worker
+
+test: install  ## lint, then the whole suite (PostgreSQL/Redis tests skip if those are absent)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .lethe .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,40 @@
+"""What the engine offers: unlearning methods and architectures, with their JSON Schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from app.core.auth import current_principal
+from worker.engine.architectures import ARCHITECTURES
+from worker.engine.methods import METHODS
+
+router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(current_principal)])
+
+
+class MethodOut(BaseModel):
+    name: str
+    summary: str
+    reference: str
+    params_schema: dict[str, Any]
+
+
+class ArchitectureOut(BaseModel):
+    name: str
+    summary: str
+    config_schema: dict[str, Any]
+
+
+@router.get("/methods", response_model=list[MethodOut])
+def list_methods():
+    return [MethodOut(name=name, summary=cls.summary, reference=cls.reference,
+                      params_schema=cls.params_schema()) for name, cls in METHODS]
+
+
+@router.get("/architectures", response_model=list[ArchitectureOut])
+def list_architectures():
+    return [ArchitectureOut(name=name, summary=arch.summary,
+                            config_schema=arch.config_model.model_json_schema())
+            for name, arch in ARCHITECTURES]

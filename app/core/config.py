@@ -1,0 +1,62 @@
+"""All of Lethe's configuration, typed, read from ``LETHE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".lethe"), description="State directory of the embedded default.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in home if unset.")
+    broker_url: str | None = Field(None, description="Celery broker; in-process worker if unset.")
+    storage_url: str | None = Field(None, description="file:///path; home/blobs if unset.")
+
+    # Limits on what clients may send.
+    max_request_bytes: int = 1 << 30
+    max_archive_members: int = 200_000
+    max_archive_bytes: int = 4 << 30
+    max_compression_ratio: float = 200.0
+    max_image_pixels: int = 4096 * 4096
+
+    # Jobs.
+    queue_name: str = "unlearning"
+    job_lease_seconds: float = Field(60.0, description="A running job whose heartbeat is older "
+                                     "than this is presumed dead and may be taken over.")
+    job_max_attempts: int = 3
+    job_time_limit_seconds: int = 6 * 3600
+    busy_retry_seconds: float = 2.0
+    redispatch_after_seconds: float = 300.0
+    sweep_interval_seconds: float = 30.0
+    local_workers: int = Field(2, description="Concurrent jobs of the in-process worker.")
+    torch_threads: int | None = None
+
+    deletion_deadline_days: int = 30
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'lethe.db').resolve()}"
+
+    @property
+    def blob_root(self) -> Path:
+        if self.storage_url:
+            if not self.storage_url.startswith("file://"):
+                raise ValueError("only file:// storage URLs are supported")
+            return Path(self.storage_url.removeprefix("file://"))
+        return self.home / "blobs"
+
+    @property
+    def embedded_worker(self) -> bool:
+        return not self.broker_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,127 @@
+"""Datasets: decode an upload once, keep the file and its arrays as blobs, index the samples."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.config import get_settings
+from app.core.errors import invalid, not_found
+from app.core.ids import new_id
+from app.core.pagination import PageParams
+from app.core.storage import BlobStore, StoredBlob
+from app.datasets.tables import Dataset, Sample
+from app.tenants.service import Principal
+from worker.engine.data.arrays import DatasetArrays
+from worker.engine.data.formats import (
+    ArchiveLimits,
+    DatasetFormatError,
+    dataset_format,
+    load_dataset_file,
+)
+
+
+@dataclass
+class StagedDataset:
+    """An upload that passed every check, its blobs written, its rows not yet inserted."""
+
+    name: str
+    format: str
+    upload: StoredBlob
+    arrays_blob: StoredBlob
+    arrays: DatasetArrays
+
+    def discard(self, store: BlobStore) -> None:
+        for blob in (self.upload, self.arrays_blob):
+            if blob.created:
+                store.delete(blob.sha256)
+
+
+def archive_limits() -> ArchiveLimits:
+    s = get_settings()
+    return ArchiveLimits(max_members=s.max_archive_members, max_bytes=s.max_archive_bytes,
+                         max_ratio=s.max_compression_ratio, max_image_pixels=s.max_image_pixels)
+
+
+def stage_upload(store: BlobStore, name: str, filename: str, source: BinaryIO) -> StagedDataset:
+    """Check and decode the upload; raise a 422 problem (leaving nothing behind) if it is bad."""
+    try:
+        fmt = dataset_format(filename)
+    except DatasetFormatError as exc:
+        raise invalid(f"file: {exc}") from None
+    raw = store.temp_path(suffix=Path(filename).suffix)
+    decoded = store.temp_path(suffix=".safetensors")
+    try:
+        with open(raw, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+        try:
+            arrays = load_dataset_file(raw, filename, archive_limits())
+        except DatasetFormatError as exc:
+            raise invalid(f"file: {exc}") from None
+        arrays.save(decoded)
+        upload_blob = store.put_file(raw, move=True)
+        arrays_blob = store.put_file(decoded, move=True)
+    finally:
+        raw.unlink(missing_ok=True)
+        decoded.unlink(missing_ok=True)
+    return StagedDataset(name, fmt, upload_blob, arrays_blob, arrays)
+
+
+def insert_dataset(db: Session, principal: Principal, staged: StagedDataset) -> Dataset:
+    arrays = staged.arrays
+    dataset = Dataset(
+        id=new_id("ds"), tenant_id=principal.tenant_id, name=staged.name, format=staged.format,
+        sha256=staged.upload.sha256, upload_blob=staged.upload.sha256,
+        arrays_blob=staged.arrays_blob.sha256, size_bytes=staged.upload.size,
+        num_classes=arrays.num_classes, classes=arrays.classes,
+        input_shape=list(arrays.input_shape), num_train=len(arrays.y_train),
+        num_test=len(arrays.y_test),
+    )
+    db.add(dataset)
+    db.flush()
+    subjects = arrays.subjects_train or [None] * len(arrays.ids_train)
+    rows = [{"dataset_id": dataset.id, "row": i, "sample_id": sid, "label": int(label),
+             "subject": subject, "deleted": False}
+            for i, (sid, label, subject) in enumerate(
+                zip(arrays.ids_train, arrays.y_train.tolist(), subjects, strict=True))]
+    db.execute(insert(Sample), rows)
+    audit.record(db, "dataset.uploaded", "dataset", dataset.id, tenant_id=principal.tenant_id,
+                 actor=principal.key_id,
+                 data={"sha256": dataset.sha256, "name": dataset.name,
+                       "num_train": dataset.num_train, "num_test": dataset.num_test})
+    return dataset
+
+
+def get_dataset(db: Session, principal: Principal, dataset_id: str) -> Dataset:
+    dataset = db.get(Dataset, dataset_id)
+    if dataset is None or dataset.tenant_id != principal.tenant_id:
+        raise not_found("dataset", dataset_id)
+    return dataset
+
+
+def list_datasets(db: Session, principal: Principal, page: PageParams) -> list[Dataset]:
+    query = select(Dataset).where(Dataset.tenant_id == principal.tenant_id)
+    if page.after:
+        query = query.where(Dataset.id > page.after)
+    return list(db.scalars(query.order_by(Dataset.id).limit(page.limit + 1)))
+
+
+def list_samples(db: Session, dataset: Dataset, page: PageParams,
+                 label: int | None) -> list[Sample]:
+    query = select(Sample).where(Sample.dataset_id == dataset.id)
+    if label is not None:
+        query = query.where(Sample.label == label)
+    if page.after:
+        try:
+            query = query.where(Sample.row > int(page.after))
+        except ValueError:
+            raise invalid("cursor: not a cursor this service issued") from None
+    return list(db.scalars(query.order_by(Sample.row).limit(page.limit + 1)))
+
+

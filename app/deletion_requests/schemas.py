@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.jobs.schemas import JobOut
+
+DEFAULT_METHOD = "finetune"
+
+
+class DeletionRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sample_ids: list[str] | None = Field(None, min_length=1, max_length=1_000_000,
+                                         description="Training samples to forget.")
+    classes: list[int] | None = Field(None, min_length=1,
+                                      description="Whole classes to forget, by label.")
+    method: str = Field(DEFAULT_METHOD, description="A name from GET /v1/methods.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="The method's parameters (its params_schema).")
+    subject: str | None = Field(None, max_length=200, description="Who asked.")
+    reason: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> DeletionRequestIn:
+        if (self.sample_ids is None) == (self.classes is None):
+            raise ValueError("give exactly one of sample_ids or classes")
+        return self
+
+
+class DeletionRequestOut(BaseModel):
+    id: str
+    model_id: str
+    status: str
+    job_id: str | None
+    method: str
+    params: dict[str, Any]
+    num_samples: int
+    classes: list[int] | None
+    subject: str | None
+    reason: str | None
+    received_at: datetime
+    deadline: datetime
+    completed_at: datetime | None
+    job: JobOut | None = None
+
+    @classmethod
+    def of(cls, request, job=None) -> DeletionRequestOut:
+        return cls(id=request.id, model_id=request.model_id, status=request.status,
+                   job_id=request.job_id, method=request.method, params=request.params,
+                   num_samples=len(request.sample_ids), classes=request.classes,
+                   subject=request.subject, reason=request.reason,
+                   received_at=request.received_at, deadline=request.deadline,
+                   completed_at=request.completed_at, job=JobOut.of(job) if job else None)

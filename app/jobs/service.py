@@ -1,0 +1,66 @@
+"""Jobs as the API sees them: lookup, listing, cancellation, and handing them to workers."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.core.db import lock_row, utcnow
+from app.core.errors import Problem, not_found
+from app.core.pagination import PageParams
+from app.jobs.tables import CANCELLED, FINAL_STATES, QUEUED, Job
+from app.tenants.service import Principal
+
+log = logging.getLogger(__name__)
+
+
+def get_job(db: Session, principal: Principal, job_id: str) -> Job:
+    job = db.get(Job, job_id)
+    if job is None or job.tenant_id != principal.tenant_id:
+        raise not_found("job", job_id)
+    return job
+
+
+def list_jobs(db: Session, principal: Principal, page: PageParams,
+              model_id: str | None, status: str | None) -> list[Job]:
+    query = select(Job).where(Job.tenant_id == principal.tenant_id)
+    if model_id:
+        query = query.where(Job.model_id == model_id)
+    if status:
+        query = query.where(Job.status == status)
+    if page.after:
+        query = query.where(Job.id > page.after)
+    return list(db.scalars(query.order_by(Job.id).limit(page.limit + 1)))
+
+
+def cancel_job(db: Session, principal: Principal, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one stops at its next progress step."""
+    job = db.get(Job, job_id, populate_existing=True) if lock_row(db, Job, job_id) else None
+    if job is None or job.tenant_id != principal.tenant_id:
+        raise not_found("job", job_id)
+    if job.status in FINAL_STATES:
+        raise Problem(409, f"job {job_id!r} has already {job.status}", slug="job-finished")
+    job.cancel_requested = True
+    if job.status == QUEUED:
+        from app.deletion_requests.service import settle_requests_of
+
+        job.status, job.finished_at = CANCELLED, utcnow()
+        settle_requests_of(db, job)
+    audit.record(db, "job.cancel_requested", "job", job.id, tenant_id=job.tenant_id,
+                 actor=principal.key_id, data={"status": job.status})
+    db.commit()
+    return job
+
+
+def dispatch(job_id: str) -> None:
+    """Hand a committed job to a worker. Never raises: a job that misses its message here is
+    picked up by the worker's sweeper, because the row, not the message, is the truth."""
+    from worker.dispatch import send_job
+
+    try:
+        send_job(job_id)
+    except Exception:  # noqa: BLE001 - the sweeper recovers; the request must not fail
+        log.exception("could not dispatch job %s; the sweeper will", job_id)

@@ -1,0 +1,59 @@
+"""The FastAPI application: routers of every domain, error handling, limits, metrics."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from app.audit.routes import router as audit_router
+from app.catalogue.routes import router as catalogue_router
+from app.core.config import get_settings
+from app.core.errors import install_error_handlers
+from app.core.limits import RequestSizeLimit
+from app.datasets.routes import router as datasets_router
+from app.deletion_requests.routes import router as deletion_requests_router
+from app.jobs.routes import router as jobs_router
+from app.models.routes import router as models_router
+from app.ops.metrics import LATENCY, REQUESTS
+from app.ops.routes import router as ops_router
+
+DESCRIPTION = """Machine unlearning as a service. Register a model and the data it was trained
+on, send data-deletion requests, poll the unlearning jobs, download the unlearned checkpoints.
+Every `/v1` route needs `Authorization: Bearer <token>` (`lethe apikey create NAME`)."""
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    from worker.dispatch import start_embedded_worker, stop_embedded_worker
+
+    if get_settings().embedded_worker and app.state.run_worker:
+        start_embedded_worker()
+    try:
+        yield
+    finally:
+        stop_embedded_worker()
+
+
+def create_app(run_worker: bool = True) -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.run_worker = run_worker
+    install_error_handlers(app)
+    for router in (ops_router, catalogue_router, datasets_router, models_router,
+                   deletion_requests_router, jobs_router, audit_router):
+        app.include_router(router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        REQUESTS.labels(request.method, path, response.status_code).inc()
+        LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    return app

@@ -1,0 +1,50 @@
+"""Tenants and their API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.ids import new_id
+from app.tenants.tables import ApiKey, Tenant
+
+TOKEN_PREFIX = "lethe_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the tenant owning every resource they touch, and the key they used."""
+
+    tenant_id: str
+    key_id: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_key(session: Session, name: str, tenant_id: str | None = None) -> tuple[ApiKey, str]:
+    """A new key (and a new tenant named ``name`` unless ``tenant_id`` is given)."""
+    if tenant_id is None:
+        tenant = Tenant(id=new_id("ten"), name=name)
+        session.add(tenant)
+        session.flush()
+        tenant_id = tenant.id
+    elif session.get(Tenant, tenant_id) is None:
+        raise LookupError(f"tenant {tenant_id!r} does not exist")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(id=new_id("key"), tenant_id=tenant_id, name=name, token_hash=hash_token(token))
+    session.add(key)
+    session.flush()
+    return key, token
+
+
+def authenticate(session: Session, token: str) -> Principal | None:
+    key = session.scalars(
+        select(ApiKey).where(ApiKey.token_hash == hash_token(token), ApiKey.revoked_at.is_(None))
+    ).first()
+    return Principal(key.tenant_id, key.id) if key else None

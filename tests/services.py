@@ -1,0 +1,61 @@
+"""Reaching the real PostgreSQL and Redis servers the suite runs against."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+import pytest
+
+POSTGRES_URL = os.environ.get("LETHE_TEST_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url.replace("+psycopg", ""))
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require(name: str, url: str, default_port: int) -> None:
+    """Skip where the server is absent (a laptop); fail where CI demands it."""
+    if _reachable(url, default_port):
+        return
+    message = f"{name} is not reachable at {url}"
+    if os.environ.get("LETHE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{message}, and LETHE_REQUIRE_SERVICES=1 forbids skipping", pytrace=False)
+    pytest.skip(f"{message}; start it or set LETHE_TEST_POSTGRES_URL / LETHE_TEST_REDIS_URL")
+
+
+def require_postgres() -> None:
+    require("PostgreSQL", POSTGRES_URL, 5432)
+
+
+def require_redis() -> None:
+    require("Redis", REDIS_URL, 6379)
+
+
+@contextmanager
+def fresh_postgres_database():
+    """A new, empty database on the PostgreSQL server, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    require_postgres()
+    name = f"lethe_test_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
