@@ -1,0 +1,238 @@
+"""DeepClean: reset the weights whose Fisher information is far larger on D_f than on D_r, then
+fine-tune only those weights on D_r; every other weight stays bit-identical."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from worker.engine.methods._base import (
+    MethodParams,
+    ProgressFn,
+    UnlearningMethod,
+    UnlearningOutcome,
+    UnlearningTask,
+    no_progress,
+    register_method,
+)
+from worker.engine.methods._common import (
+    ForgetMonitor,
+    evaluating,
+    freeze_norm_statistics,
+    only_these_trainable,
+    progress_span,
+    random_rows,
+    seeded_rng,
+    working_copy,
+)
+from worker.engine.training import iterate_batches, seeded_generator
+
+
+class Params(MethodParams):
+    fisher_labels: Literal["true", "predicted"] = Field(
+        "true",
+        description="Labels in the log-likelihood: the dataset's ('true', as SSD does) or "
+                    "one drawn per sample from the model's own predictive distribution "
+                    "('predicted', a one-sample estimate of the true Fisher).",
+    )
+    fisher_forget_samples: int = Field(
+        5000, ge=1, le=1_000_000, description="At most this many D_f rows enter F_f.")
+    fisher_retain_samples: int = Field(
+        2000, ge=1, le=1_000_000, description="D_r rows sampled for F_r.")
+    fisher_chunk: int = Field(
+        32, ge=1, le=4096,
+        description="Samples whose per-sample gradients are held in memory at once.",
+    )
+    selection: Literal["top-fraction", "threshold"] = Field(
+        "top-fraction",
+        description="Reset the top_fraction of weights by ratio F_f/(F_r+ε), or every weight "
+                    "whose ratio exceeds ratio_threshold.",
+    )
+    top_fraction: float = Field(
+        0.01, gt=0, le=1, description="Share of all weights reset by 'top-fraction'.")
+    ratio_threshold: float = Field(
+        10.0, gt=0, description="Ratio above which 'threshold' resets a weight.")
+    epsilon: float = Field(
+        1.0, gt=0, le=1e6,
+        description="ε in F_f/(F_r+ε), in units of the mean retain Fisher over all weights. "
+                    "A tiny ε lets weights that neither set uses much (F_r≈0) crowd out the "
+                    "weights D_f actually relies on; a huge one ranks by F_f alone.",
+    )
+    finetune_epochs: int = Field(
+        2, ge=0, le=100, description="Passes over D_r training the reset weights.")
+    finetune_lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate of fine-tuning.")
+    finetune_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of fine-tuning.")
+    batch_size: int = Field(128, ge=1, le=8192, description="Fine-tuning batch size.")
+    eval_samples: int = Field(
+        2000, ge=10, le=100_000,
+        description="Forget and test rows sampled for the accuracies reported in the metrics.",
+    )
+
+
+# --- Fisher diagonal and weight selection --------------------------------------------------
+
+def fisher_diagonal(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: torch.device,
+    chunk: int = 32,
+    progress: ProgressFn = no_progress,
+) -> dict[str, torch.Tensor]:
+    """Per parameter, the mean over samples of (∂ log p(y|x) / ∂θ)², from exact per-sample
+    gradients (vmap) with the model in eval mode (no dropout, BN running statistics)."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = {name: b.detach() for name, b in model.named_buffers()}
+
+    def log_likelihood(weights, sample, label):
+        logits = functional_call(model, (weights, buffers), (sample.unsqueeze(0),))
+        return logits.log_softmax(-1)[0].gather(0, label.unsqueeze(0)).squeeze(0)
+
+    per_sample_gradients = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
+    totals = {name: torch.zeros_like(p) for name, p in params.items()}
+    chunks = max(1, -(-len(x) // chunk))
+    with evaluating(model):
+        for done, (xb, yb) in enumerate(iterate_batches(x, y, chunk, shuffle=False), 1):
+            gradients = per_sample_gradients(params, xb.to(device), yb.to(device))
+            for name, g in gradients.items():
+                totals[name] += g.pow(2).sum(0)
+            progress(done / chunks)
+    return {name: total / max(1, len(x)) for name, total in totals.items()}
+
+
+@torch.no_grad()
+def sample_predicted_labels(model: nn.Module, x: torch.Tensor, device: torch.device,
+                            generator: torch.Generator) -> torch.Tensor:
+    """One label per row drawn from the model's predictive distribution."""
+    with evaluating(model):
+        probabilities = torch.cat([model(xb.to(device)).softmax(1).cpu()
+                                   for xb, _ in iterate_batches(x, x, 1024, shuffle=False)])
+    return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+
+
+def fisher_ratio(forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
+                 relative_epsilon: float) -> dict[str, torch.Tensor]:
+    """F_f / (F_r + ε) with ε = relative_epsilon × the mean of F_r over every weight, so the
+    guard scales with the model's Fisher magnitudes."""
+    retain_total = sum(float(f.sum()) for f in retain.values())
+    retain_count = sum(f.numel() for f in retain.values())
+    epsilon = relative_epsilon * retain_total / max(1, retain_count)
+    return {name: forget[name] / (retain[name] + epsilon) for name in forget}
+
+
+def select_weights(ratios: dict[str, torch.Tensor], params: Params) -> dict[str, torch.Tensor]:
+    """Boolean masks of the weights to reset. A zero ratio (D_f never moves the weight) is
+    never selected, even when the requested fraction would reach it."""
+    flat = torch.cat([r.flatten() for r in ratios.values()])
+    if params.selection == "threshold":
+        cutoff_mask = flat > params.ratio_threshold
+    else:
+        count = min(math.ceil(params.top_fraction * flat.numel()), int((flat > 0).sum()))
+        cutoff_mask = torch.zeros_like(flat, dtype=torch.bool)
+        cutoff_mask[flat.topk(count).indices] = True
+    masks, start = {}, 0
+    for name, ratio in ratios.items():
+        masks[name] = cutoff_mask[start:start + ratio.numel()].view_as(ratio)
+        start += ratio.numel()
+    return masks
+
+
+# --- The method ----------------------------------------------------------------------------
+
+@register_method
+class DeepClean(UnlearningMethod):
+    name = "deepclean"
+    summary = (
+        "Zero the weights whose diagonal Fisher information on the forget set dwarfs that on "
+        "the retain set, then fine-tune only those weights on the retain set."
+    )
+    reference = (
+        "Shi, Ghalyan, Gourgoulias, Buford, Moran. DeepClean: Machine Unlearning on the Cheap "
+        "by Resetting Privacy Sensitive Weights using the Fisher Diagonal. arXiv:2311.10448, 2024."
+    )
+    Params = Params
+
+    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+        with seeded_rng(params.seed, task.device):
+            return self._unlearn(task, params)
+
+    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+        model = working_copy(task)
+        generator = seeded_generator(params.seed)
+        monitor = ForgetMonitor.from_task(task, params.eval_samples, generator)
+        ratios = self._fisher_ratios(model, task, params, generator)
+        masks = select_weights(ratios, params)
+        reset_weights(model, masks)
+        after_reset = monitor.score(model, 0)
+        finetune_masked(model, masks, task, params, generator,
+                        progress_span(task.progress, 0.5, 1.0))
+        after_finetune = monitor.score(model, params.finetune_epochs)
+        task.progress(1.0)
+        reset = {name: int(mask.sum()) for name, mask in masks.items()}
+        total = sum(mask.numel() for mask in masks.values())
+        metrics = {
+            "weights_reset": sum(reset.values()),
+            "weights_total": total,
+            "reset_fraction": sum(reset.values()) / total,
+            "reset_per_parameter": {name: count for name, count in reset.items() if count},
+            "after_reset": after_reset.as_dict(),
+            "after_finetune": after_finetune.as_dict(),
+        }
+        return UnlearningOutcome(model=model.eval(), metrics=metrics)
+
+    def _fisher_ratios(self, model: nn.Module, task: UnlearningTask, params: Params,
+                       generator: torch.Generator) -> dict[str, torch.Tensor]:
+        data = task.data
+        forget_rows = data.forget_idx[
+            random_rows(len(data.forget_idx), params.fisher_forget_samples, generator)]
+        retain_rows = data.retain_idx[
+            random_rows(len(data.retain_idx), params.fisher_retain_samples, generator)]
+        fishers = []
+        for rows, span in ((forget_rows, (0.0, 0.25)), (retain_rows, (0.25, 0.5))):
+            x = data.x_train[rows]
+            y = (data.y_train[rows] if params.fisher_labels == "true"
+                 else sample_predicted_labels(model, x, task.device, generator))
+            fishers.append(fisher_diagonal(model, x, y, device=task.device,
+                                           chunk=params.fisher_chunk,
+                                           progress=progress_span(task.progress, *span)))
+        return fisher_ratio(*fishers, params.epsilon)
+
+
+@torch.no_grad()
+def reset_weights(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    for name, parameter in model.named_parameters():
+        parameter.masked_fill_(masks[name], 0.0)
+
+
+def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
+                    params: Params, generator: torch.Generator, progress: ProgressFn) -> None:
+    """Cross-entropy on D_r updating only the masked entries. Gradients outside the mask are
+    zeroed and there is no weight decay, so SGD's momentum buffers stay zero there and those
+    weights do not change by a single bit."""
+    named = dict(model.named_parameters())
+    trainable = {name: named[name] for name, mask in masks.items() if mask.any()}
+    if not trainable or params.finetune_epochs == 0:
+        return
+    optimizer = torch.optim.SGD(trainable.values(), lr=params.finetune_lr,
+                                momentum=params.finetune_momentum, weight_decay=0.0)
+    retain = task.data.retain()
+    x, y = retain.tensors
+    with only_these_trainable(model, list(trainable.values())):
+        for epoch in range(params.finetune_epochs):
+            model.train()
+            freeze_norm_statistics(model)
+            for xb, yb in iterate_batches(x, y, params.batch_size, shuffle=True,
+                                          generator=generator):
+                optimizer.zero_grad(set_to_none=True)
+                logits = model(xb.to(task.device))
+                nn.functional.cross_entropy(logits, yb.to(task.device)).backward()
+                for name, parameter in trainable.items():
+                    parameter.grad.mul_(masks[name])
+                optimizer.step()
+            progress((epoch + 1) / params.finetune_epochs)

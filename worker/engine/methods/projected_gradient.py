@@ -1,0 +1,339 @@
+"""Projected-gradient unlearning: ascend on D_f only along directions the retained data does not
+use, so retained behaviour is (nearly) untouched and the retain data is never read.
+
+Per conv/linear layer the retained data's input space is summarised by R_l = Σ x xᵀ over the
+layer's inputs (conv: kernel-sized patches). Its leading eigenvectors span the Core Gradient
+Space; weight gradients are projected onto its orthogonal complement before each step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from worker.engine.methods._base import (
+    MethodParams,
+    ProgressFn,
+    UnlearningMethod,
+    UnlearningOutcome,
+    UnlearningTask,
+    no_progress,
+    register_method,
+)
+from worker.engine.methods._common import (
+    EpochScore,
+    ForgetMonitor,
+    evaluating,
+    freeze_norm_statistics,
+    only_these_trainable,
+    progress_span,
+    seeded_rng,
+    working_copy,
+)
+from worker.engine.training import iterate_batches, seeded_generator
+
+ProjectedLayer = nn.Linear | nn.Conv2d
+# Bound on the float64 patch rows materialised at once while accumulating R (128 MiB).
+_ROW_ELEMENTS_PER_CHUNK = 2**24
+
+
+class Params(MethodParams):
+    gamma: float = Field(
+        0.95, gt=0, lt=1,
+        description="Share of the retained data's singular-value mass (cumsum(S)/ΣS) whose "
+                    "directions are protected. Higher protects retained accuracy more and "
+                    "forgets more slowly; the paper uses 0.9 for AllCNN-like nets.",
+    )
+    lr_start: float = Field(0.05, gt=0, le=10, description="SGD learning rate of the first epoch.")
+    lr_end: float = Field(
+        0.01, gt=0, le=10,
+        description="Learning rate reached after max_epochs (exponential decay).",
+    )
+    max_epochs: int = Field(
+        100, ge=1, le=1000,
+        description="Upper bound on passes over D_f; training usually stops much earlier.",
+    )
+    batch_size: int = Field(128, ge=1, le=8192, description="Forget-set samples per step.")
+    offset: float = Field(
+        0.05, ge=0, le=1,
+        description="Offset in −log(1 − (p_y − offset)): how far below certainty the true-class "
+                    "probability is pushed before the loss flattens.",
+    )
+    entropy_weight: float = Field(
+        0.2, ge=0, le=10,
+        description="Weight of Σ p log p, which pushes forget outputs towards uniform.",
+    )
+    max_retain_drop: float = Field(
+        5.0, ge=0, le=100,
+        description="Class forgetting: stop once accuracy on the test rows of retained classes "
+                    "falls more than this many points below its starting value.",
+    )
+    class_target_acc: float = Field(
+        1.0, ge=0, le=100,
+        description="Class forgetting: stop once forget accuracy (percent) is at most this.",
+    )
+    eval_samples: int = Field(
+        2000, ge=10, le=100_000,
+        description="Forget and test rows sampled for the per-epoch stopping check.",
+    )
+    representation_batch_size: int = Field(
+        128, ge=1, le=8192,
+        description="Batch size while accumulating the representation matrices.",
+    )
+
+
+# --- Representation matrices and their Core Gradient Space ------------------------------------
+
+def projected_layers(model: nn.Module) -> dict[str, ProjectedLayer]:
+    """The conv and linear layers whose weights get projected updates (grouped convs excluded:
+    their weight does not act on the whole unfolded patch)."""
+    return {
+        name: module for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        or (isinstance(module, nn.Conv2d) and module.groups == 1)
+    }
+
+
+def _input_rows(layer: ProjectedLayer, x: torch.Tensor) -> torch.Tensor:
+    """The vectors the layer's weight multiplies, one per row, laid out like weight.flatten(1)."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, layer.in_features)
+    padding = layer.padding
+    if isinstance(padding, str) or layer.padding_mode != "zeros":
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        x = F.pad(x, layer._reversed_padding_repeated_twice, mode=mode)
+        padding = 0
+    patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding,
+                       stride=layer.stride)
+    return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+
+
+def _accumulate_hook(total: torch.Tensor):
+    def hook(layer: ProjectedLayer, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
+        x = inputs[0]
+        channels = output.shape[1] if isinstance(layer, nn.Conv2d) else output.shape[-1]
+        rows_per_sample = output.numel() // (len(x) * channels)
+        samples = max(1, _ROW_ELEMENTS_PER_CHUNK // (rows_per_sample * total.shape[0]))
+        for chunk in x.split(samples):
+            rows = _input_rows(layer, chunk).double()
+            total.addmm_(rows.T, rows)
+
+    return hook
+
+
+@torch.no_grad()
+def representation_matrices(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int = 128,
+    progress: ProgressFn = no_progress,
+) -> dict[str, torch.Tensor]:
+    """R_l = Σ x xᵀ over the inputs ``x`` for every projected layer l, float64 on the CPU.
+
+    Sums, not means, so matrices of disjoint sets add up: R(D_r) = R(D) − R(D_f).
+    """
+    layers = projected_layers(model)
+    totals = {name: torch.zeros(layer.weight[0].numel(), layer.weight[0].numel(),
+                                dtype=torch.float64, device=device)
+              for name, layer in layers.items()}
+    handles = [layer.register_forward_hook(_accumulate_hook(totals[name]))
+               for name, layer in layers.items()]
+    try:
+        with evaluating(model):
+            batches = -(-len(x) // batch_size)
+            for done, (xb, _) in enumerate(iterate_batches(x, x, batch_size, shuffle=False), 1):
+                model(xb.to(device))
+                progress(done / batches)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: total.cpu() for name, total in totals.items()}
+
+
+def core_gradient_bases(
+    matrices: dict[str, torch.Tensor], gamma: float, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Per layer, the orthonormal d×k basis U_k of the directions the data uses: the leading
+    eigenvectors of R whose cumulative share of S = √eigenvalue stays ≤ gamma."""
+    bases = {}
+    for name, matrix in matrices.items():
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrix.to(device))
+        # eigh sorts ascending; subtracting R^f can leave tiny negative round-off values.
+        singular = eigenvalues.flip(0).clamp_min(0).sqrt()
+        total = singular.sum()
+        kept = int((singular.cumsum(0) / total <= gamma).sum()) if total > 0 else 0
+        bases[name] = eigenvectors.flip(1)[:, :kept].float()
+    return bases
+
+
+def project_out(gradient: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """G − G·U·Uᵀ with G reshaped out × in: the part of the step the protected inputs ignore."""
+    flat = gradient.reshape(len(gradient), -1)
+    return (flat - (flat @ basis) @ basis.T).view_as(gradient)
+
+
+def unlearning_loss(logits: torch.Tensor, labels: torch.Tensor, offset: float = 0.05,
+                    entropy_weight: float = 0.2) -> torch.Tensor:
+    """mean(−log(1 − (p_y − offset)) + entropy_weight·Σ_c p_c log p_c)."""
+    log_p = logits.log_softmax(1)
+    p = log_p.exp()
+    p_true = p.gather(1, labels[:, None]).squeeze(1)
+    push_down = -torch.log((1 - (p_true - offset)).clamp_min(1e-6))
+    negative_entropy = (p * log_p).sum(1)
+    return (push_down + entropy_weight * negative_entropy).mean()
+
+
+# --- The method ----------------------------------------------------------------------------
+
+@register_method
+class ProjectedGradient(UnlearningMethod):
+    name = "projected-gradient"
+    summary = (
+        "Gradient ascent on the forget set, projected orthogonally to the retained data's "
+        "input space per layer; needs only the forget set once the matrices are cached."
+    )
+    reference = (
+        "Hoang, Rana, Gupta, Venkatesh. Learn to Unlearn for Deep Neural Networks: Minimizing "
+        "Unlearning Interference with Gradient Projection. WACV 2024. arXiv:2312.04095."
+    )
+    Params = Params
+
+    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+        with seeded_rng(params.seed, task.device):
+            return self._unlearn(task, params)
+
+    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+        model = working_copy(task)
+        layers = projected_layers(model)
+        reduced, source = _retained_matrices(model, layers, task, params)
+        bases = core_gradient_bases(reduced, params.gamma, task.device)
+        descent = _Descent(model, layers, bases, task, params)
+        descent.run(progress_span(task.progress, 0.1 if source == "cached" else 0.4, 1.0))
+        task.progress(1.0)
+        metrics = {
+            "state_source": source,
+            "kept_dimensions": {name: [basis.shape[1], basis.shape[0]]
+                                for name, basis in bases.items()},
+            **descent.summary(),
+        }
+        return UnlearningOutcome(model=model.eval(), metrics=metrics, state=reduced)
+
+
+def _retained_matrices(model: nn.Module, layers: dict[str, ProjectedLayer], task: UnlearningTask,
+                       params: Params) -> tuple[dict[str, torch.Tensor], str]:
+    """R − R^f per layer, R from the cache when it fits this model (then no retained row is
+    read), else computed over retain ∪ forget. Also says where R came from."""
+    data = task.data
+    cached = _usable_state(task.state, layers)
+    if cached is not None:
+        full, source, forget_phase = cached, "cached", (0.0, 0.05)
+    else:
+        full = representation_matrices(
+            model, data.x_train[data.known_idx()], device=task.device,
+            batch_size=params.representation_batch_size,
+            progress=progress_span(task.progress, 0.0, 0.3))
+        source = "computed" if task.state is None else "recomputed: cached state did not fit"
+        forget_phase = (0.3, 0.35)
+    forgotten = representation_matrices(
+        model, data.x_train[data.forget_idx], device=task.device,
+        batch_size=params.representation_batch_size,
+        progress=progress_span(task.progress, *forget_phase))
+    return {name: full[name] - forgotten[name] for name in layers}, source
+
+
+def _usable_state(state: dict[str, torch.Tensor] | None,
+                  layers: dict[str, ProjectedLayer]) -> dict[str, torch.Tensor] | None:
+    """The cached matrices when they describe exactly this model's layers, else None."""
+    if state is None or set(state) != set(layers):
+        return None
+    for name, layer in layers.items():
+        width = layer.weight[0].numel()
+        if tuple(state[name].shape) != (width, width):
+            return None
+    return {name: matrix.to(torch.float64) for name, matrix in state.items()}
+
+
+class _Descent:
+    """The projected SGD loop with the paper's stopping rule and keep-the-better-epoch choice."""
+
+    def __init__(self, model: nn.Module, layers: dict[str, ProjectedLayer],
+                 bases: dict[str, torch.Tensor], task: UnlearningTask, params: Params):
+        self.model, self.task, self.params = model, task, params
+        self.weights = [(layers[name].weight, basis) for name, basis in bases.items()]
+        self.generator = seeded_generator(params.seed)
+        self.monitor = ForgetMonitor.from_task(task, params.eval_samples, self.generator)
+        self.history: list[EpochScore] = []
+        self.stop_reason = "max-epochs"
+        self.kept_epoch = 0
+
+    def run(self, progress: ProgressFn) -> None:
+        start = self.monitor.score(self.model, 0)
+        self.history.append(start)
+        if self.monitor.forgotten(start, self.params.class_target_acc):
+            self.stop_reason = "already-forgotten"
+            return
+        data = self.task.data
+        forget_x, forget_y = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
+        decay = (self.params.lr_end / self.params.lr_start) ** (1 / self.params.max_epochs)
+        with only_these_trainable(self.model, [weight for weight, _ in self.weights]):
+            for epoch in range(1, self.params.max_epochs + 1):
+                previous = [weight.detach().clone() for weight, _ in self.weights]
+                self._epoch(forget_x, forget_y, self.params.lr_start * decay ** (epoch - 1))
+                self.history.append(self.monitor.score(self.model, epoch))
+                self.kept_epoch = epoch
+                progress(epoch / self.params.max_epochs)
+                reason = self._stop_reason()
+                if reason is not None:
+                    self.stop_reason = reason
+                    if self._previous_is_better():
+                        self._restore(previous)
+                    break
+
+    def _epoch(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        self.model.train()
+        freeze_norm_statistics(self.model)
+        device = self.task.device
+        for xb, yb in iterate_batches(x, y, self.params.batch_size, shuffle=True,
+                                      generator=self.generator):
+            self.model.zero_grad(set_to_none=True)
+            logits = self.model(xb.to(device))
+            unlearning_loss(logits, yb.to(device), self.params.offset,
+                            self.params.entropy_weight).backward()
+            with torch.no_grad():
+                for weight, basis in self.weights:
+                    weight -= lr * project_out(weight.grad, basis)
+
+    def _stop_reason(self) -> str | None:
+        current = self.history[-1]
+        if self.monitor.forgotten(current, self.params.class_target_acc):
+            return "forgotten"
+        retain_drop = self.history[0].test_acc - current.test_acc
+        if self.monitor.class_forgetting and retain_drop > self.params.max_retain_drop:
+            return "retain-drop"
+        return None
+
+    def _previous_is_better(self) -> bool:
+        if self.monitor.class_forgetting:
+            # Only a retain-accuracy stop makes the earlier epoch preferable.
+            return self.stop_reason == "retain-drop"
+        previous, current = self.history[-2], self.history[-1]
+        return (abs(previous.test_acc - previous.forget_acc)
+                < abs(current.test_acc - current.forget_acc))
+
+    @torch.no_grad()
+    def _restore(self, previous: list[torch.Tensor]) -> None:
+        for (weight, _), saved in zip(self.weights, previous, strict=True):
+            weight.copy_(saved)
+        self.kept_epoch -= 1
+
+    def summary(self) -> dict:
+        return {
+            "stop_reason": self.stop_reason,
+            "epochs_run": len(self.history) - 1,
+            "kept_epoch": self.kept_epoch,
+            "history": [score.as_dict() for score in self.history],
+        }
