@@ -167,8 +167,10 @@ def train_from_file(
     ``out_path`` and returns a summary, including the full configs to upload the model with.
     """
     started = time.perf_counter()
-    data = load_dataset_file(Path(dataset_path), Path(dataset_path).name)
-    config = ARCHITECTURES.get(architecture).config_model.model_validate(
+    dataset_path = Path(dataset_path)
+    data = load_dataset_file(dataset_path, dataset_path.name)
+    entry = ARCHITECTURES.get(architecture)
+    config = entry.config_model.model_validate(
         {"num_classes": data.num_classes, "input_shape": data.input_shape,
          **(architecture_config or {})})
     overrides = {"seed": seed} | ({"epochs": epochs} if epochs is not None else {})
@@ -177,7 +179,7 @@ def train_from_file(
     x_train, y_train = data.inputs(data.x_train), torch.from_numpy(data.y_train)
     x_test, y_test = data.inputs(data.x_test), torch.from_numpy(data.y_test)
     with seeded(seed):
-        model: Classifier = ARCHITECTURES.get(architecture).build(config)
+        model: Classifier = entry.build(config)
         bar, advance = _epoch_bar(training_config.epochs, show_progress)
         with bar:
             train(model, x_train, y_train, training_config, device, progress=advance)

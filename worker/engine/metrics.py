@@ -1,0 +1,168 @@
+"""How well a model forgot: accuracies, membership-inference efficacy, JS divergence.
+
+Definitions follow ``methods.md``. Every score is a fraction in [0, 1]. A score over an empty
+set is ``None``: "undefined" must not read as a real (terrible or perfect) 0.0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+if TYPE_CHECKING:  # importing at run time would be circular (methods -> training -> metrics)
+    from worker.engine.methods import UnlearningData
+
+DEFAULT_MAX_EVAL = 10_000
+DEFAULT_MIA_SAMPLES = 5_000
+MEMBER, NON_MEMBER = 1, 0
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (frozen BatchNorm, no dropout) for the block, then the caller's mode back."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Logits for every row of ``x`` as float32 on the CPU; moves ``model`` to ``device``."""
+    model.to(device)
+    if len(x) == 0:
+        return torch.empty(0, model.classifier.out_features)
+    with _eval_mode(model), torch.inference_mode():
+        batches = [model(x[start:start + batch_size].to(device)).float().cpu()
+                   for start in range(0, len(x), batch_size)]
+    return torch.cat(batches)
+
+
+def accuracy_from_logits(logits: torch.Tensor, y: torch.Tensor) -> float | None:
+    if len(y) == 0:
+        return None
+    return (logits.argmax(dim=1) == y.cpu()).float().mean().item()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             device: torch.device) -> float | None:
+    """Share of rows whose predicted class is the label; None for no rows."""
+    return accuracy_from_logits(predict_logits(model, x, device), y)
+
+
+def mia_features(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Per sample: the true class's softmax confidence and the output entropy (``N×2``)."""
+    probs = F.softmax(logits.double(), dim=1)
+    confidence = probs.gather(1, y.cpu().long()[:, None]).squeeze(1)
+    entropy = torch.special.entr(probs).sum(dim=1)
+    return torch.stack([confidence, entropy], dim=1).numpy()
+
+
+def _sample_rows(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def mia_efficacy_from_logits(
+    retain: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    forget: tuple[torch.Tensor, torch.Tensor],
+    *,
+    seed: int,
+    max_samples: int = DEFAULT_MIA_SAMPLES,
+) -> float | None:
+    """MIA-efficacy from ``(logits, labels)`` pairs: train a member/non-member attack on equal
+    samples of retain and test rows, return the share of forget rows it calls non-member."""
+    (retain_logits, y_retain), (test_logits, y_test), (forget_logits, y_forget) = (
+        retain, test, forget)
+    if min(len(y_retain), len(y_test), len(y_forget)) == 0:
+        return None
+    n = min(len(y_retain), len(y_test), max_samples)
+    rng = np.random.default_rng(seed)
+    members = mia_features(retain_logits, y_retain)[_sample_rows(len(y_retain), n, rng)]
+    non_members = mia_features(test_logits, y_test)[_sample_rows(len(y_test), n, rng)]
+    attack = make_pipeline(StandardScaler(), LogisticRegression())
+    attack.fit(np.concatenate([members, non_members]),
+               np.concatenate([np.full(n, MEMBER), np.full(n, NON_MEMBER)]))
+    predicted = attack.predict(mia_features(forget_logits, y_forget))
+    return float((predicted == NON_MEMBER).mean())
+
+
+def mia_efficacy(
+    model: nn.Module,
+    x_retain: torch.Tensor, y_retain: torch.Tensor,
+    x_test: torch.Tensor, y_test: torch.Tensor,
+    x_forget: torch.Tensor, y_forget: torch.Tensor,
+    device: torch.device,
+    seed: int,
+    max_samples: int = DEFAULT_MIA_SAMPLES,
+) -> float | None:
+    """Share of the forget set a membership-inference attack calls non-member (methods.md)."""
+    # Only the rows the attack will train on need predicting.
+    rng = np.random.default_rng(seed)
+    retain_rows = _sample_rows(len(y_retain), min(len(y_retain), max_samples), rng)
+    test_rows = _sample_rows(len(y_test), min(len(y_test), max_samples), rng)
+    return mia_efficacy_from_logits(
+        (predict_logits(model, x_retain[retain_rows], device), y_retain[retain_rows]),
+        (predict_logits(model, x_test[test_rows], device), y_test[test_rows]),
+        (predict_logits(model, x_forget, device), y_forget),
+        seed=seed, max_samples=max_samples)
+
+
+def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float | None:
+    """Jensen-Shannon divergence of the two models' output distributions, in nats (at most
+    ln 2): summed over classes, averaged over samples; None for no samples."""
+    if p_logits.shape != q_logits.shape:
+        raise ValueError(f"logit shapes differ: {tuple(p_logits.shape)} vs "
+                         f"{tuple(q_logits.shape)}")
+    if len(p_logits) == 0:
+        return None
+    log_p = F.log_softmax(p_logits.double(), dim=1)
+    log_q = F.log_softmax(q_logits.double(), dim=1)
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(dim=1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(dim=1)
+    return (0.5 * (kl_pm + kl_qm)).mean().item()
+
+
+def _subsample(idx: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
+    """At most ``max_rows`` of ``idx``, the same ones for the same seed."""
+    if len(idx) <= max_rows:
+        return idx
+    keep = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:max_rows]
+    return idx[keep.sort().values]
+
+
+def evaluate(model: nn.Module, data: UnlearningData, device: torch.device, seed: int,
+             max_eval: int = DEFAULT_MAX_EVAL) -> dict[str, float | None]:
+    """Forget, retain and test accuracy and MIA-efficacy, as fractions.
+
+    Retain and test rows are capped at ``max_eval`` (a seeded subsample) to bound the cost;
+    the forget set is always scored in full.
+    """
+    retain_idx = _subsample(data.retain_idx, max_eval, seed)
+    test_idx = _subsample(torch.arange(len(data.y_test)), max_eval, seed)
+    y_forget, y_retain = data.y_train[data.forget_idx], data.y_train[retain_idx]
+    y_test = data.y_test[test_idx]
+    forget_logits = predict_logits(model, data.x_train[data.forget_idx], device)
+    retain_logits = predict_logits(model, data.x_train[retain_idx], device)
+    test_logits = predict_logits(model, data.x_test[test_idx], device)
+    return {
+        "forget_accuracy": accuracy_from_logits(forget_logits, y_forget),
+        "retain_accuracy": accuracy_from_logits(retain_logits, y_retain),
+        "test_accuracy": accuracy_from_logits(test_logits, y_test),
+        "mia_efficacy": mia_efficacy_from_logits(
+            (retain_logits, y_retain), (test_logits, y_test), (forget_logits, y_forget),
+            seed=seed),
+    }
