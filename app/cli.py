@@ -14,9 +14,11 @@ cli = typer.Typer(help="Lethe: machine unlearning as a service.", no_args_is_hel
 db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 apikey_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 data_cli = typer.Typer(help="Dataset files.", no_args_is_help=True)
+receipt_cli = typer.Typer(help="Deletion receipts.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(apikey_cli, name="apikey")
 cli.add_typer(data_cli, name="data")
+cli.add_typer(receipt_cli, name="receipt")
 
 
 @cli.command()
@@ -116,6 +118,41 @@ def train(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@cli.command()
+def bench(
+    preset: Annotated[str, typer.Option(help="smoke, cpu or gpu.")] = "smoke",
+    out: Annotated[Path, typer.Option(help="Directory for the results.")] = Path("bench-results"),
+    methods: Annotated[str | None, typer.Option(help="Comma list; default all.")] = None,
+    scenarios: Annotated[str | None, typer.Option(help="Comma list of random-10, class.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma list; default the preset's.")] = None,
+    dataset: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="An upload-format file instead of the preset's.")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="Original models and decoded data; default $LETHE_HOME/bench-cache or "
+             "~/.cache/lethe/bench.")] = None,
+    tune: Annotated[str | None, typer.Option(
+        help="Sweep this method's --grid on a validation split instead.")] = None,
+    grid: Annotated[str | None, typer.Option(
+        help='JSON object of value lists, e.g. \'{"lr": [0.001, 0.01]}\'.')] = None,
+) -> None:
+    """Benchmark unlearning methods against retraining (or tune one with --tune)."""
+    from worker.bench import BenchConfigError, parse_csv
+    from worker.bench.runner import run_bench
+    from worker.bench.tune import run_tune
+
+    if (tune is None) != (grid is None):
+        raise typer.BadParameter("--tune and --grid go together")
+    try:
+        common = {"scenarios": parse_csv(scenarios), "seeds": parse_csv(seeds, int),
+                  "dataset": dataset, "cache_dir": cache}
+        output = (run_tune(preset, tune, json.loads(grid), out, **common) if tune else
+                  run_bench(preset, out, methods=parse_csv(methods), **common))
+    except (BenchConfigError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    for kind, path in output.paths.items():
+        typer.echo(f"{kind}: {path}")
+
+
 @data_cli.command("export-digits")
 def export_digits(out: Annotated[Path, typer.Option(help="The .npz file to write.")]) -> None:
     """Write scikit-learn's bundled handwritten digits as an upload-ready .npz."""
@@ -123,6 +160,34 @@ def export_digits(out: Annotated[Path, typer.Option(help="The .npz file to write
 
     export(out)
     typer.echo(f"wrote {out}")
+
+
+@receipt_cli.command("verify")
+def receipt_verify(
+    receipt: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                            help="A receipt saved from .../receipt.")],
+    public_key: Annotated[Path, typer.Option(exists=True, dir_okay=False,
+                                             help="PEM, or the JSON of GET /v1/keys/receipt.")],
+    sample_ids: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="Also check the forgotten ids (one per line).")] = None,
+) -> None:
+    """Check a receipt's signature offline; exit status 0 only if it is valid."""
+    from app.deletion_requests.receipts import ids_digest, load_public_key, verify_receipt
+
+    document = json.loads(receipt.read_text())
+    if not verify_receipt(document, load_public_key(public_key.read_text())):
+        typer.echo("INVALID: the signature does not match this receipt and key")
+        raise typer.Exit(1)
+    if sample_ids is not None:
+        ids = [line.strip() for line in sample_ids.read_text().splitlines() if line.strip()]
+        if ids_digest(ids) != document["receipt"]["forgotten_samples"]["sha256"]:
+            typer.echo("INVALID: the sample ids do not hash to the receipt's digest")
+            raise typer.Exit(1)
+    body = document["receipt"]
+    typer.echo(f"valid: request {body['request_id']} forgot "
+               f"{body['forgotten_samples']['count']} samples of model {body['model_id']} "
+               f"(version {body['version_before']['version']} -> "
+               f"{body['version_after']['version']}), signed by key {document['key_id']}")
 
 
 def main() -> None:

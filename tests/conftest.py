@@ -19,14 +19,18 @@ TEST_ENV = {
     "LETHE_BUSY_RETRY_SECONDS": "0.5",
     "LETHE_TORCH_THREADS": "1",
     "LETHE_LOCAL_WORKERS": "2",
+    "LETHE_COALESCE_WINDOW_SECONDS": "0",
+    "LETHE_SWEEP_INTERVAL_SECONDS": "2",
 }
 
 
 def reset_caches() -> None:
     from app.core import db, storage
+    from app.deletion_requests import receipts
     from worker import celery_app, execution
 
     db.reset_caches()
+    receipts.signing_key.cache_clear()
     storage.get_blob_store.cache_clear()
     celery_app.get_celery.cache_clear()
     execution.model_inputs.cache_clear()

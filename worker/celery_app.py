@@ -60,6 +60,7 @@ def _fresh_connections(**_kwargs) -> None:
 def _start_sweeper(**_kwargs) -> None:
     """In the worker's main process: re-send jobs whose message was lost (see sweep_stalled)."""
     from worker.dispatch import sweep_stalled
+    from worker.maintenance import periodic_upkeep
 
     interval = get_settings().sweep_interval_seconds
 
@@ -67,6 +68,7 @@ def _start_sweeper(**_kwargs) -> None:
         while True:
             try:
                 sweep_stalled()
+                periodic_upkeep()
             except Exception:  # noqa: BLE001 - try again next round
                 logging.getLogger(__name__).exception("sweep failed")
             time.sleep(interval)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -64,6 +64,8 @@ def claim(db: Session, job_id: str, worker: str) -> Claim:
     job.dispatched_at = utcnow()
     if job.status == RUNNING and _alive(job):
         return Claim(Verdict.BUSY, job_id)
+    if job.status == QUEUED and job.not_before and job.not_before > utcnow():
+        return Claim(Verdict.BUSY, job_id)  # still collecting requests to coalesce
     lock_row(db, Model, job.model_id)
     model = db.get(Model, job.model_id, populate_existing=True)
     if _model_busy(db, job):
@@ -109,15 +111,16 @@ def heartbeat(db: Session, claim_: Claim, progress: float | None = None,
     return True, bool(cancel)
 
 
-def fail(db: Session, job: Job, detail: str, title: str = "Unlearning failed") -> None:
+def fail(db: Session, job: Job, detail: str, title: str = "Unlearning failed") -> list[str]:
+    """Mark the job failed; its requests are scheduled again (the returned jobs) or fail."""
     from app.deletion_requests.service import settle_requests_of
 
     job.status, job.finished_at = FAILED, utcnow()
     job.error = {"type": "https://lethe.dev/problems/job-failed", "title": title,
                  "status": 500, "detail": detail}
-    settle_requests_of(db, job)
     audit.record(db, "job.failed", "job", job.id, tenant_id=job.tenant_id, actor=job.worker,
                  data={"detail": detail, "attempts": job.attempts})
+    return settle_requests_of(db, job)
 
 
 def cancel(db: Session, job: Job) -> None:
@@ -129,9 +132,12 @@ def cancel(db: Session, job: Job) -> None:
                  data={"progress": job.progress})
 
 
-def requeue(db: Session, job: Job, reason: str) -> None:
-    """Put a job that hit a transient error back in the queue for another attempt."""
+def requeue(db: Session, job: Job, reason: str, *, refund_attempt: bool = False) -> None:
+    """Put a job back in the queue: after a transient error, or (refunding the attempt it
+    used) because its worker is shutting down."""
     job.status, job.worker, job.heartbeat_at, job.phase = QUEUED, None, None, None
+    if refund_attempt:
+        job.attempts -= 1
     audit.record(db, "job.requeued", "job", job.id, tenant_id=job.tenant_id,
                  data={"reason": reason, "attempts": job.attempts})
 
@@ -141,7 +147,8 @@ def stalled_jobs(db: Session) -> list[str]:
     settings = get_settings()
     quiet_since = utcnow() - timedelta(seconds=settings.redispatch_after_seconds)
     stale = lease_cutoff()
-    queued = select(Job.id).where(Job.status == QUEUED, Job.dispatched_at < quiet_since)
+    queued = select(Job.id).where(Job.status == QUEUED, or_(
+        Job.dispatched_at.is_(None), Job.dispatched_at < quiet_since))
     dead = select(Job.id).where(Job.status == RUNNING, Job.heartbeat_at < stale,
                                 Job.dispatched_at < stale)
     return list(db.scalars(queued.union(dead)))

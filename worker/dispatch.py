@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import or_, select
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 _embedded: EmbeddedWorker | None = None
 
 
-def send_job(job_id: str) -> None:
+def send_job(job_id: str, delay_seconds: float = 0.0) -> None:
     if _embedded is not None:
         _embedded.wake()
         return
@@ -26,7 +27,8 @@ def send_job(job_id: str) -> None:
         return  # no worker in this process (e.g. a CLI); the next embedded start picks it up
     from worker.celery_app import get_celery
 
-    get_celery().send_task("lethe.run_job", args=[job_id], queue=get_settings().queue_name)
+    get_celery().send_task("lethe.run_job", args=[job_id], queue=get_settings().queue_name,
+                           countdown=max(0.0, delay_seconds) or None)
 
 
 def broker_ready() -> bool:
@@ -70,10 +72,15 @@ class EmbeddedWorker:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling; running jobs are handed back to the queue at their next step."""
+        from worker.execution import stopping
+
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        stopping.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        stopping.clear()
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -82,9 +89,15 @@ class EmbeddedWorker:
         self._wake.set()
 
     def _loop(self) -> None:
+        from worker.maintenance import periodic_upkeep
+
+        next_upkeep = 0.0
         while not self._stop.is_set():
             try:
                 self._submit_ready()
+                if time.monotonic() >= next_upkeep:
+                    periodic_upkeep()
+                    next_upkeep = time.monotonic() + get_settings().sweep_interval_seconds
             except Exception:  # noqa: BLE001 - keep dispatching whatever one poll hit
                 log.exception("embedded dispatch failed; retrying")
             self._wake.wait(self._poll)
@@ -92,8 +105,9 @@ class EmbeddedWorker:
 
     def _candidates(self) -> list[str]:
         with new_session() as db:
+            ready = or_(Job.not_before.is_(None), Job.not_before <= claims.utcnow())
             return list(db.scalars(select(Job.id).where(or_(
-                Job.status == QUEUED,
+                (Job.status == QUEUED) & ready,
                 (Job.status == RUNNING) & (Job.heartbeat_at < claims.lease_cutoff()),
             )).order_by(Job.created_at).limit(100)))
 

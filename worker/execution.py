@@ -23,12 +23,14 @@ from app.core.storage import get_blob_store
 from app.datasets.tables import Dataset, Sample
 from app.deletion_requests.service import settle_requests_of
 from app.jobs.tables import SUCCEEDED, Job
+from app.models.service import withdraw_superseded
 from app.models.tables import ForgottenSample, Model, ModelVersion
 from worker import claims
 from worker.claims import Claim, Verdict
+from worker.dispatch import send_job
 from worker.engine.architectures import build_model
 from worker.engine.data.arrays import DatasetArrays
-from worker.engine.device import pick_device
+from worker.engine.device import describe_hardware, pick_device
 from worker.engine.methods import (
     METHODS,
     JobCancelled,
@@ -38,6 +40,7 @@ from worker.engine.methods import (
 )
 from worker.engine.metrics import evaluate
 from worker.engine.training import TrainingRecipe
+from worker.maintenance import after_completion
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,14 @@ LOAD_END, METHOD_END = 0.05, 0.9
 
 class LostJob(Exception):
     """This run no longer owns the job (another worker took it over)."""
+
+
+class WorkerStopping(Exception):
+    """The process is shutting down: hand the job back to the queue."""
+
+
+# Set when the process stops; running jobs give their job back at their next step.
+stopping = threading.Event()
 
 
 @dataclass
@@ -77,11 +88,16 @@ def execute_job(job_id: str, worker: str) -> Verdict:
     reporter.start()
     try:
         result = run_claimed(claim, reporter)
-        finish(claim, result)
+        dataset_id = finish(claim, result)
+        after_completion(dataset_id)
     except JobCancelled:
         _settle(claim, claims.cancel)
     except LostJob:
         log.warning("job %s was taken over; dropping this run's result", job_id)
+    except WorkerStopping:
+        _settle(claim, lambda db, job: claims.requeue(db, job, "worker stopped",
+                                                      refund_attempt=True))
+        return Verdict.BUSY
     except TRANSIENT_ERRORS as exc:
         log.warning("job %s hit a transient error: %s", job_id, exc)
         reason = f"{type(exc).__name__}: {exc}"
@@ -90,17 +106,17 @@ def execute_job(job_id: str, worker: str) -> Verdict:
     except Exception as exc:
         log.exception("job %s failed", job_id)
         detail = f"{type(exc).__name__}: {exc}"
-        _settle(claim, lambda db, job: claims.fail(db, job, detail))
+        for retry_job in _settle(claim, lambda db, job: claims.fail(db, job, detail)) or []:
+            send_job(retry_job)
     finally:
         reporter.stop()
     return Verdict.DONE
 
 
-def _settle(claim: Claim, transition) -> None:
+def _settle(claim: Claim, transition):
     with session_scope() as db:
         job = claims.owned(db, claim)
-        if job is not None:
-            transition(db, job)
+        return transition(db, job) if job is not None else None
 
 
 class ProgressReporter:
@@ -147,6 +163,8 @@ class ProgressReporter:
         self.check()
 
     def check(self) -> None:
+        if stopping.is_set():
+            raise WorkerStopping(self.claim.job_id)
         if self.lost:
             raise LostJob(self.claim.job_id)
         if self.cancelled:
@@ -226,7 +244,7 @@ def run_claimed(claim: Claim, reporter: ProgressReporter) -> JobResult:
     metrics = evaluate(outcome.model, data, device, seed=params.seed)
     metrics |= outcome.metrics
     metrics["duration_s"] = round(time.perf_counter() - started, 3)
-    metrics["device"] = str(device)
+    metrics["hardware"] = describe_hardware(device)
     reporter.check()
     return store_outcome(inputs, outcome, metrics)
 
@@ -242,8 +260,10 @@ def store_outcome(inputs: JobInputs, outcome: UnlearningOutcome, metrics: dict) 
     return JobResult(checkpoint.sha256, checkpoint.size, metrics, artifacts)
 
 
-def finish(claim: Claim, result: JobResult) -> None:
-    """Commit the new version, in one transaction that only the claim's owner can make."""
+def finish(claim: Claim, result: JobResult) -> str:
+    """Commit the new version, in one transaction that only the claim's owner can make.
+
+    Returns the dataset whose samples were forgotten, for the erasure that follows."""
     with session_scope() as db:
         job = claims.owned(db, claim)
         if job is None:
@@ -264,6 +284,7 @@ def finish(claim: Claim, result: JobResult) -> None:
         db.execute(update(Sample).where(Sample.dataset_id == dataset_id,
                                         Sample.row.in_(job.forget_rows)).values(deleted=True))
         model.latest_version = version
+        withdraw_superseded(db, model, version)
         job.status, job.result_version, job.metrics = SUCCEEDED, version, result.metrics
         job.progress, job.phase, job.finished_at = 1.0, "done", utcnow()
         settle_requests_of(db, job)
@@ -274,5 +295,6 @@ def finish(claim: Claim, result: JobResult) -> None:
         audit.record(db, "job.succeeded", "job", job.id, tenant_id=job.tenant_id,
                      actor=job.worker, data={"result_version": version,
                                              "metrics": result.metrics})
+    return dataset_id
 
 

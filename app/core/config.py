@@ -36,7 +36,15 @@ class Settings(BaseSettings):
     local_workers: int = Field(2, description="Concurrent jobs of the in-process worker.")
     torch_threads: int | None = None
 
-    deletion_deadline_days: int = 30
+    # Deletion requests.
+    deletion_deadline_days: int = Field(30, description="GDPR Art. 12(3): one month.")
+    coalesce_window_seconds: float = Field(3.0, ge=0, description="Requests for one model "
+                                           "arriving this close together share one job.")
+    request_max_attempts: int = Field(3, ge=1, description="Jobs tried per request.")
+    version_grace_seconds: float = Field(0.0, ge=0, description="How long a version that "
+                                         "still carries forgotten data keeps its blobs.")
+    receipt_key_file: Path | None = Field(None, description="Ed25519 private key (PEM) that "
+                                          "signs receipts; home/receipt-key.pem if unset.")
 
     @property
     def resolved_database_url(self) -> str:
@@ -51,6 +59,10 @@ class Settings(BaseSettings):
                 raise ValueError("only file:// storage URLs are supported")
             return Path(self.storage_url.removeprefix("file://"))
         return self.home / "blobs"
+
+    @property
+    def resolved_receipt_key_file(self) -> Path:
+        return self.receipt_key_file or self.home / "receipt-key.pem"
 
     @property
     def embedded_worker(self) -> bool:

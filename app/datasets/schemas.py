@@ -27,9 +27,10 @@ class SampleOut(BaseModel):
     id: str
     label: int
     deleted: bool
+    erased: bool
     subject: str | None = None
 
     @classmethod
     def of(cls, sample) -> SampleOut:
         return cls(id=sample.sample_id, label=sample.label, deleted=sample.deleted,
-                   subject=sample.subject)
+                   erased=sample.erased, subject=sample.subject)

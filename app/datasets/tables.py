@@ -43,4 +43,5 @@ class Sample(Base):
     sample_id: Mapped[str] = mapped_column(String(1024))
     label: Mapped[int]
     subject: Mapped[str | None] = mapped_column(String(200))
-    deleted: Mapped[bool] = mapped_column(default=False)
+    deleted: Mapped[bool] = mapped_column(default=False)  # some model forgot it
+    erased: Mapped[bool] = mapped_column(default=False)  # its bytes left the store

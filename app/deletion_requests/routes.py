@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.core.auth import current_principal
 from app.core.db import get_db
 from app.core.idempotency import Idempotency, fingerprint, idempotency_key
 from app.core.pagination import Page, PageParams, page_of, page_params
-from app.deletion_requests import service
+from app.deletion_requests import receipts, service
 from app.deletion_requests.schemas import DeletionRequestIn, DeletionRequestOut
 from app.jobs.service import dispatch
 from app.jobs.tables import Job
@@ -19,7 +21,7 @@ router = APIRouter(tags=["deletion requests"])
 
 @router.post("/v1/models/{model_id}/deletion-requests", status_code=202,
              response_model=DeletionRequestOut,
-             summary="Ask the model to forget samples or whole classes")
+             summary="Ask the model to forget samples, whole classes, or a subject's data")
 def create_deletion_request(
     model_id: str,
     body: DeletionRequestIn,
@@ -35,20 +37,27 @@ def create_deletion_request(
     request, job = service.create_request(db, principal, model, body)
     response = idem.commit(202, DeletionRequestOut.of(request, job), f"/v1/jobs/{job.id}")
     if response.headers.get("Idempotent-Replayed") is None:
-        dispatch(job.id)
+        dispatch(job)
     return response
 
 
-@router.get("/v1/deletion-requests", response_model=Page[DeletionRequestOut])
+@router.get("/v1/deletion-requests", response_model=Page[DeletionRequestOut],
+            summary="Deletion requests, most urgent deadline first")
 def list_deletion_requests(
     model_id: str | None = Query(None),
-    status: str | None = Query(None),
+    status: str | None = Query(None, pattern="^(received|scheduled|completed|rejected|failed)$"),
+    subject: str | None = Query(None),
+    overdue: bool = Query(False, description="Only open requests past their deadline."),
     page: PageParams = Depends(page_params),
     db: Session = Depends(get_db),
     principal: Principal = Depends(current_principal),
 ):
-    rows = service.list_requests(db, principal, page, model_id, status)
-    return page_of(rows, page, key=lambda r: r.id, convert=DeletionRequestOut.of)
+    rows = service.list_requests(db, principal, page, model_id=model_id, status=status,
+                                 subject=subject, overdue=overdue)
+    jobs = {job.id: job for job in db.scalars(
+        select(Job).where(Job.id.in_({r.job_id for r in rows if r.job_id})))}
+    return page_of(rows, page, key=service.request_cursor,
+                   convert=lambda r: DeletionRequestOut.of(r, jobs.get(r.job_id)))
 
 
 @router.get("/v1/deletion-requests/{request_id}", response_model=DeletionRequestOut)
@@ -57,3 +66,21 @@ def get_deletion_request(request_id: str, db: Session = Depends(get_db),
     request = service.get_request(db, principal, request_id)
     job = db.get(Job, request.job_id) if request.job_id else None
     return DeletionRequestOut.of(request, job)
+
+
+@router.get("/v1/deletion-requests/{request_id}/receipt",
+            summary="The signed receipt of a completed request")
+def get_receipt(request_id: str, db: Session = Depends(get_db),
+                principal: Principal = Depends(current_principal)):
+    request = service.get_request(db, principal, request_id)
+    receipt = receipts.signed_receipt(db, request)
+    audit.record(db, "receipt.issued", "deletion_request", request.id,
+                 tenant_id=principal.tenant_id, actor=principal.key_id,
+                 data={"key_id": receipt["key_id"]})
+    db.commit()
+    return receipt
+
+
+@router.get("/v1/keys/receipt", summary="The public key that verifies receipts")
+def receipt_key(_: Principal = Depends(current_principal)):
+    return receipts.public_key_document()

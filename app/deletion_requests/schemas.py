@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.core.db import utcnow
 from app.jobs.schemas import JobOut
 
 DEFAULT_METHOD = "finetune"
@@ -20,13 +21,16 @@ class DeletionRequestIn(BaseModel):
     method: str = Field(DEFAULT_METHOD, description="A name from GET /v1/methods.")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="The method's parameters (its params_schema).")
-    subject: str | None = Field(None, max_length=200, description="Who asked.")
+    subject: str | None = Field(None, max_length=200, description="Who asked. Alone, without "
+                                "sample_ids or classes, it forgets all of that subject's samples.")
     reason: str | None = Field(None, max_length=2000)
 
     @model_validator(mode="after")
     def _one_selector(self) -> DeletionRequestIn:
-        if (self.sample_ids is None) == (self.classes is None):
+        if self.sample_ids is not None and self.classes is not None:
             raise ValueError("give exactly one of sample_ids or classes")
+        if self.sample_ids is None and self.classes is None and not self.subject:
+            raise ValueError("give sample_ids, classes, or a subject whose samples to forget")
         return self
 
 
@@ -41,16 +45,26 @@ class DeletionRequestOut(BaseModel):
     classes: list[int] | None
     subject: str | None
     reason: str | None
+    attempts: int
+    error: dict[str, Any] | None
     received_at: datetime
     deadline: datetime
+    overdue: bool
     completed_at: datetime | None
+    version_before: int | None
+    version_after: int | None
     job: JobOut | None = None
 
     @classmethod
     def of(cls, request, job=None) -> DeletionRequestOut:
+        open_ = request.status in ("received", "scheduled")
         return cls(id=request.id, model_id=request.model_id, status=request.status,
                    job_id=request.job_id, method=request.method, params=request.params,
                    num_samples=len(request.sample_ids), classes=request.classes,
-                   subject=request.subject, reason=request.reason,
-                   received_at=request.received_at, deadline=request.deadline,
-                   completed_at=request.completed_at, job=JobOut.of(job) if job else None)
+                   subject=request.subject, reason=request.reason, attempts=request.attempts,
+                   error=request.error, received_at=request.received_at,
+                   deadline=request.deadline, overdue=open_ and request.deadline < utcnow(),
+                   completed_at=request.completed_at,
+                   version_before=job.base_version if job else None,
+                   version_after=job.result_version if job else None,
+                   job=JobOut.of(job) if job else None)

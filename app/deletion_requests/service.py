@@ -1,11 +1,17 @@
-"""Deletion requests: resolve what to forget, check it, and schedule the unlearning job."""
+"""Deletion requests: resolve what to forget, check it, and schedule it, coalesced.
+
+A request is a record with a deadline before it is a job. Requests for one model that arrive
+while an earlier job of theirs still waits in the queue (or within the coalescing window) are
+merged into that job, so a burst becomes a few versions, not one per request. A request whose
+job fails is scheduled again, up to ``request_max_attempts`` times, before it is marked failed.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -24,8 +30,9 @@ from app.tenants.service import Principal
 from worker.engine.methods import METHODS, MethodParams
 from worker.engine.registry import UnknownEntryError
 
-SCHEDULED, COMPLETED = "scheduled", "completed"
-REQUEST_STATUS_OF_JOB = {SUCCEEDED: COMPLETED, FAILED: "failed", CANCELLED: "cancelled"}
+RECEIVED, SCHEDULED, COMPLETED, REJECTED, FAILED_REQUEST = (
+    "received", "scheduled", "completed", "rejected", "failed")
+OPEN_STATES = (RECEIVED, SCHEDULED)
 LOOKUP_CHUNK = 900  # stays under SQLite's bound-parameter limit
 SHOWN_IDS = 20
 
@@ -79,15 +86,26 @@ def rows_of_classes(db: Session, dataset: Dataset, classes: list[int]) -> dict[s
         Sample.dataset_id == dataset.id, Sample.label.in_(sorted(set(classes))))).all())
 
 
+def rows_of_subject(db: Session, dataset: Dataset, subject: str) -> dict[str, int]:
+    rows = dict(db.execute(select(Sample.sample_id, Sample.row).where(
+        Sample.dataset_id == dataset.id, Sample.subject == subject)).all())
+    if not rows:
+        raise invalid(f"subject: no training sample of dataset {dataset.id} belongs to "
+                      f"{subject!r}")
+    return rows
+
+
 def forget_set(db: Session, model: Model, body: DeletionRequestIn) -> dict[str, int]:
     dataset = db.get(Dataset, model.dataset_id)
     unavailable = unavailable_rows(db, model)
-    if body.classes is not None:
-        rows = {i: r for i, r in rows_of_classes(db, dataset, body.classes).items()
-                if r not in unavailable}
+    if body.classes is not None or body.sample_ids is None:
+        wanted = (rows_of_classes(db, dataset, body.classes) if body.classes is not None
+                  else rows_of_subject(db, dataset, body.subject))
+        rows = {i: r for i, r in wanted.items() if r not in unavailable}
         if not rows:
-            raise invalid(f"classes: every sample of {body.classes} is already forgotten or "
-                          "scheduled to be")
+            field = "classes" if body.classes is not None else "subject"
+            raise invalid(f"{field}: every matching sample is already forgotten or scheduled "
+                          "to be")
         return rows
     rows = rows_of_sample_ids(db, dataset, body.sample_ids)
     already = [i for i, r in rows.items() if r in unavailable]
@@ -99,23 +117,44 @@ def forget_set(db: Session, model: Model, body: DeletionRequestIn) -> dict[str, 
     return rows
 
 
+def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | None,
+             method: str, params: dict) -> Job:
+    """Merge into the model's waiting job of the same kind, or queue a new one.
+
+    The caller holds the model's row lock, so a worker cannot claim the job mid-merge.
+    """
+    waiting = db.scalars(select(Job).where(
+        Job.model_id == model.id, Job.status == QUEUED, Job.method == method,
+        Job.cancel_requested.is_(False)).order_by(Job.created_at)).all()
+    for job in waiting:
+        if job.params == params and (job.forget_classes is None) == (classes is None):
+            job.forget_rows = sorted(set(job.forget_rows) | set(rows))
+            if classes is not None:
+                job.forget_classes = sorted(set(job.forget_classes) | set(classes))
+            return job
+    now = utcnow()
+    job = Job(id=new_id("job"), tenant_id=model.tenant_id, model_id=model.id, method=method,
+              params=params, forget_rows=sorted(rows), forget_classes=classes, status=QUEUED,
+              not_before=now + timedelta(seconds=get_settings().coalesce_window_seconds))
+    db.add(job)
+    db.flush()
+    audit.record(db, "job.queued", "job", job.id, tenant_id=job.tenant_id,
+                 data={"model_id": model.id, "method": method})
+    return job
+
+
 def create_request(db: Session, principal: Principal, model: Model,
                    body: DeletionRequestIn) -> tuple[DeletionRequest, Job]:
-    params = resolve_params(body.method, body.params)
+    params = resolve_params(body.method, body.params).model_dump(mode="json")
     # Serialise requests on one model so two can never schedule the same sample.
     lock_row(db, Model, model.id)
     rows = forget_set(db, model, body)
-    job = Job(id=new_id("job"), tenant_id=principal.tenant_id, model_id=model.id,
-              method=body.method, params=params.model_dump(mode="json"),
-              forget_rows=sorted(rows.values()), forget_classes=body.classes, status=QUEUED,
-              dispatched_at=utcnow())
-    db.add(job)
-    db.flush()  # the request's foreign key needs the job row first
+    job = schedule(db, model, list(rows.values()), body.classes, body.method, params)
     received = utcnow()
     request = DeletionRequest(
         id=new_id("dr"), tenant_id=principal.tenant_id, model_id=model.id,
         sample_ids=sorted(rows), classes=body.classes, subject=body.subject, reason=body.reason,
-        method=body.method, params=job.params, status=SCHEDULED, job_id=job.id,
+        method=body.method, params=params, status=SCHEDULED, job_id=job.id,
         received_at=received,
         deadline=received + timedelta(days=get_settings().deletion_deadline_days))
     db.add(request)
@@ -123,20 +162,43 @@ def create_request(db: Session, principal: Principal, model: Model,
     audit.record(db, "deletion_request.received", "deletion_request", request.id,
                  tenant_id=principal.tenant_id, actor=principal.key_id,
                  data={"model_id": model.id, "num_samples": len(rows), "classes": body.classes,
-                       "method": body.method, "job_id": job.id})
-    audit.record(db, "job.queued", "job", job.id, tenant_id=principal.tenant_id,
-                 actor=principal.key_id, data={"model_id": model.id, "method": body.method})
+                       "subject": body.subject, "method": body.method, "job_id": job.id})
     return request, job
 
 
-def settle_requests_of(db: Session, job: Job) -> None:
-    """Give the requests a finished job served the job's outcome."""
-    status = REQUEST_STATUS_OF_JOB.get(job.status)
-    if status is None:
-        return
+def settle_requests_of(db: Session, job: Job) -> list[str]:
+    """Give the requests a finished job served its outcome; returns jobs scheduled anew."""
+    rescheduled: list[str] = []
     for request in db.scalars(select(DeletionRequest).where(DeletionRequest.job_id == job.id)):
-        request.status = status
-        request.completed_at = job.finished_at if status == COMPLETED else None
+        if job.status == SUCCEEDED:
+            request.status, request.completed_at = COMPLETED, job.finished_at
+        elif job.status == CANCELLED:
+            request.status = REJECTED
+            request.error = {"title": "Job cancelled", "detail": f"job {job.id} was cancelled"}
+        elif job.status == FAILED:
+            retry = _retry_or_fail(db, job, request)
+            if retry:
+                rescheduled.append(retry)
+        else:
+            continue
+        audit.record(db, f"deletion_request.{request.status}", "deletion_request", request.id,
+                     tenant_id=request.tenant_id, data={"job_id": job.id})
+    return rescheduled
+
+
+def _retry_or_fail(db: Session, job: Job, request: DeletionRequest) -> str | None:
+    request.attempts += 1
+    request.error = job.error
+    if request.attempts >= get_settings().request_max_attempts:
+        request.status = FAILED_REQUEST
+        return None
+    model = db.get(Model, request.model_id)
+    dataset = db.get(Dataset, model.dataset_id)
+    rows = rows_of_sample_ids(db, dataset, request.sample_ids)
+    retry = schedule(db, model, list(rows.values()), request.classes, request.method,
+                     request.params)
+    request.job_id, request.status = retry.id, SCHEDULED
+    return retry.id
 
 
 def get_request(db: Session, principal: Principal, request_id: str) -> DeletionRequest:
@@ -146,13 +208,31 @@ def get_request(db: Session, principal: Principal, request_id: str) -> DeletionR
     return request
 
 
-def list_requests(db: Session, principal: Principal, page: PageParams, model_id: str | None,
-                  status: str | None) -> list[DeletionRequest]:
+def request_cursor(request: DeletionRequest) -> str:
+    return f"{request.deadline.isoformat()}|{request.id}"
+
+
+def list_requests(db: Session, principal: Principal, page: PageParams, *,
+                  model_id: str | None = None, status: str | None = None,
+                  subject: str | None = None, overdue: bool = False) -> list[DeletionRequest]:
+    """The tenant's requests, most urgent deadline first."""
     query = select(DeletionRequest).where(DeletionRequest.tenant_id == principal.tenant_id)
     if model_id:
         query = query.where(DeletionRequest.model_id == model_id)
     if status:
         query = query.where(DeletionRequest.status == status)
+    if subject:
+        query = query.where(DeletionRequest.subject == subject)
+    if overdue:
+        query = query.where(DeletionRequest.status.in_(OPEN_STATES),
+                            DeletionRequest.deadline < utcnow())
     if page.after:
-        query = query.where(DeletionRequest.id > page.after)
-    return list(db.scalars(query.order_by(DeletionRequest.id).limit(page.limit + 1)))
+        deadline, _, after_id = page.after.partition("|")
+        try:
+            after_deadline = datetime.fromisoformat(deadline)
+        except ValueError:
+            raise invalid("cursor: not a cursor this service issued") from None
+        query = query.where(or_(DeletionRequest.deadline > after_deadline, and_(
+            DeletionRequest.deadline == after_deadline, DeletionRequest.id > after_id)))
+    query = query.order_by(DeletionRequest.deadline, DeletionRequest.id)
+    return list(db.scalars(query.limit(page.limit + 1)))

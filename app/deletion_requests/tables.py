@@ -21,8 +21,10 @@ class DeletionRequest(Base):
     reason: Mapped[str | None] = mapped_column(String(2000))
     method: Mapped[str] = mapped_column(String(100))
     params: Mapped[dict]
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(default=0)  # jobs that tried to serve it
+    error: Mapped[dict | None]  # why the last attempt failed, as a problem object
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    deadline: Mapped[datetime]
+    deadline: Mapped[datetime] = mapped_column(index=True)
     completed_at: Mapped[datetime | None]

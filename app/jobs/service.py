@@ -48,19 +48,20 @@ def cancel_job(db: Session, principal: Principal, job_id: str) -> Job:
         from app.deletion_requests.service import settle_requests_of
 
         job.status, job.finished_at = CANCELLED, utcnow()
-        settle_requests_of(db, job)
+        settle_requests_of(db, job)  # a cancelled job's requests are rejected, not retried
     audit.record(db, "job.cancel_requested", "job", job.id, tenant_id=job.tenant_id,
                  actor=principal.key_id, data={"status": job.status})
     db.commit()
     return job
 
 
-def dispatch(job_id: str) -> None:
+def dispatch(job: Job) -> None:
     """Hand a committed job to a worker. Never raises: a job that misses its message here is
     picked up by the worker's sweeper, because the row, not the message, is the truth."""
     from worker.dispatch import send_job
 
+    delay = (job.not_before - utcnow()).total_seconds() if job.not_before else 0.0
     try:
-        send_job(job_id)
+        send_job(job.id, delay)
     except Exception:  # noqa: BLE001 - the sweeper recovers; the request must not fail
-        log.exception("could not dispatch job %s; the sweeper will", job_id)
+        log.exception("could not dispatch job %s; the sweeper will", job.id)

@@ -37,6 +37,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200))
     heartbeat_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]  # last time a queue message was seen for it
+    # Requests arriving before this are merged into the job rather than queued behind it.
+    not_before: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

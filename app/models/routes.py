@@ -102,6 +102,10 @@ def download_checkpoint(model_id: str, version: int, request: Request,
                         principal: Principal = Depends(current_principal)):
     model = service.get_model(db, principal, model_id)
     row = service.get_version(db, model, version)
+    if row.withdrawn_at is not None:
+        raise Problem(410, f"version {version} still carried data that version "
+                      f"{model.latest_version} forgot; it was withdrawn at "
+                      f"{row.withdrawn_at.isoformat()}", slug="version-withdrawn")
     audit.record(db, "checkpoint.downloaded", "model_version", f"{model.id}/{version}",
                  tenant_id=principal.tenant_id, actor=principal.key_id,
                  data={"sha256": row.sha256, "range": request.headers.get("range")})

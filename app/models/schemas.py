@@ -30,10 +30,12 @@ class VersionOut(BaseModel):
     created_at: datetime
     metrics: dict[str, Any] | None
     forgotten_samples: list[str]
+    withdrawn_at: datetime | None
 
     @classmethod
     def of(cls, version) -> VersionOut:
         return cls(version=version.version, parent_version=version.parent_version,
                    sha256=version.sha256, size_bytes=version.size_bytes, job_id=version.job_id,
                    created_at=version.created_at, metrics=version.metrics,
-                   forgotten_samples=version.forgotten_sample_ids)
+                   forgotten_samples=version.forgotten_sample_ids,
+                   withdrawn_at=version.withdrawn_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,6 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.core.config import get_settings
+from app.core.db import utcnow
 from app.core.errors import Problem, invalid, not_found
 from app.core.ids import new_id
 from app.core.pagination import PageParams
@@ -126,3 +129,45 @@ def get_version(db: Session, model: Model, version: int) -> ModelVersion:
     if row is None:
         raise not_found("version", f"{model.id}/{version}")
     return row
+
+
+def withdraw_superseded(db: Session, model: Model, forgetting_version: int) -> list[int]:
+    """Versions before ``forgetting_version`` still carry what it forgot: withdraw them."""
+    now = utcnow()
+    withdrawn = list(db.scalars(select(ModelVersion).where(
+        ModelVersion.model_id == model.id, ModelVersion.version < forgetting_version,
+        ModelVersion.withdrawn_at.is_(None))))
+    for version in withdrawn:
+        version.withdrawn_at = now
+        audit.record(db, "model_version.withdrawn", "model", model.id,
+                     tenant_id=model.tenant_id,
+                     data={"version": version.version, "superseded_by": forgetting_version})
+    return [v.version for v in withdrawn]
+
+
+def version_blobs(version: ModelVersion) -> set[str]:
+    return {version.sha256, *version.artifacts.values()}
+
+
+def purge_withdrawn(db: Session, store: BlobStore) -> int:
+    """Delete the blobs of versions withdrawn longer than the grace period ago."""
+    cutoff = utcnow() - timedelta(seconds=get_settings().version_grace_seconds)
+    due = list(db.scalars(select(ModelVersion).where(
+        ModelVersion.withdrawn_at <= cutoff, ModelVersion.purged_at.is_(None))))
+    if not due:
+        return 0
+    still_used = set()
+    for version in db.scalars(select(ModelVersion).where(ModelVersion.purged_at.is_(None),
+                                                         ModelVersion.withdrawn_at.is_(None))):
+        still_used |= version_blobs(version)
+    doomed: set[str] = set()
+    for version in due:
+        version.purged_at = utcnow()
+        doomed |= version_blobs(version) - still_used
+        audit.record(db, "model_version.purged", "model", version.model_id,
+                     tenant_id=db.get(Model, version.model_id).tenant_id,
+                     data={"version": version.version, "sha256": version.sha256})
+    db.commit()
+    for sha256 in doomed:  # after the commit: a crash leaves an orphan blob, never a dangling row
+        store.delete(sha256)
+    return len(due)

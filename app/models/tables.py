@@ -38,6 +38,9 @@ class ModelVersion(Base):
     # Method state cached with this version (e.g. projected-gradient's matrices): name -> blob.
     artifacts: Mapped[dict] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A later version forgot data this one still carries: no more downloads, blobs purged.
+    withdrawn_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]
 
 
 class ForgottenSample(Base):

@@ -14,22 +14,40 @@ LATENCY = Histogram("lethe_http_request_seconds", "HTTP request latency.", ["met
                     registry=REGISTRY)
 
 
-class JobCollector:
-    """Job counts by status, read at scrape time so every API replica reports the truth."""
+class DatabaseCollector:
+    """Gauges read from the database at scrape time, so every API replica reports the truth."""
 
     def collect(self):
         from app.core.db import new_session
-        from app.jobs.tables import Job
 
-        gauge = GaugeMetricFamily("lethe_jobs", "Unlearning jobs by status.", labels=["status"])
         try:
             with new_session() as db:
-                counts = db.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+                yield from self._gauges(db)
         except Exception:  # noqa: BLE001 - a scrape must not fail because the DB is down
-            counts = []
-        for status, count in counts:
-            gauge.add_metric([status], count)
-        yield gauge
+            return
+
+    @staticmethod
+    def _gauges(db):
+        from app.core.db import utcnow
+        from app.deletion_requests.service import OPEN_STATES
+        from app.deletion_requests.tables import DeletionRequest
+        from app.jobs.tables import Job
+
+        jobs = GaugeMetricFamily("lethe_jobs", "Unlearning jobs by status.", labels=["status"])
+        for status, count in db.execute(select(Job.status, func.count()).group_by(Job.status)):
+            jobs.add_metric([status], count)
+        yield jobs
+        open_requests = DeletionRequest.status.in_(OPEN_STATES)
+        now = utcnow()
+        oldest = db.scalar(select(func.min(DeletionRequest.received_at)).where(open_requests))
+        yield GaugeMetricFamily(
+            "lethe_deletion_request_oldest_open_age_seconds",
+            "Age of the oldest deletion request not yet completed (0 if none).",
+            value=(now - oldest).total_seconds() if oldest else 0.0)
+        overdue = db.scalar(select(func.count()).select_from(DeletionRequest).where(
+            open_requests, DeletionRequest.deadline < now))
+        yield GaugeMetricFamily("lethe_deletion_requests_overdue",
+                                "Open deletion requests past their deadline.", value=overdue)
 
 
-REGISTRY.register(JobCollector())
+REGISTRY.register(DatabaseCollector())

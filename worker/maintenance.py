@@ -1,0 +1,31 @@
+"""Periodic upkeep, run by every worker: lost messages, withdrawn versions, due erasures."""
+
+from __future__ import annotations
+
+import logging
+
+from app.core.db import new_session
+from app.core.storage import get_blob_store
+from app.datasets.erasure import erase_everything_due, erase_forgotten
+from app.models.service import purge_withdrawn
+
+log = logging.getLogger(__name__)
+
+
+def after_completion(dataset_id: str) -> None:
+    """Right after a version is committed: purge what it superseded, erase what it forgot.
+
+    Failures are logged, not raised: the job has succeeded, and the periodic pass retries.
+    """
+    try:
+        with new_session() as db:
+            purge_withdrawn(db, get_blob_store())
+        erase_forgotten(dataset_id)
+    except Exception:  # noqa: BLE001
+        log.exception("post-completion upkeep failed; the periodic pass will retry")
+
+
+def periodic_upkeep() -> None:
+    with new_session() as db:
+        purge_withdrawn(db, get_blob_store())
+    erase_everything_due()
