@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -26,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def celery_env(configure, postgres_url):
     require_redis()
     queue = f"lethe-test-{secrets.token_hex(4)}"
-    configure(database_url=postgres_url, broker_url=REDIS_URL, queue_name=queue)
+    configure(database_url=postgres_url, broker_url=REDIS_URL, queue_name=queue,
+              coalesce_window_seconds="1.5")
     yield {k: v for k, v in os.environ.items() if k.startswith("LETHE_")}
     import redis
 
@@ -117,3 +120,80 @@ def test_killed_worker_process_job_finishes_exactly_once(worker, digits_npz, dig
                 AuditEvent.action == "model_version.created",
                 AuditEvent.subject_id == model["id"])).all()
         assert len(created) == 1
+
+
+def test_a_burst_of_requests_is_coalesced_and_fully_evidenced(worker, digits_npz,
+                                                              digits_weights, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import text
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from app.core.db import session_scope
+    from app.core.storage import get_blob_store
+    from app.datasets.tables import Dataset
+    from app.main import create_app
+    from tests.test_deletion_lifecycle import wait_for_request
+
+    with api_client() as api:
+        dataset, model = register_digits(api, digits_npz, digits_weights)
+        ids = sample_ids(api, dataset["id"], 120)
+        with session_scope() as db:
+            original_blobs = (db.get(Dataset, dataset["id"]).upload_blob,
+                              db.get(Dataset, dataset["id"]).arrays_blob)
+
+        def ask(chunk: list[str]) -> dict:
+            with TestClient(create_app(run_worker=False)) as client:
+                response = client.post(
+                    f"/v1/models/{model['id']}/deletion-requests", headers=api.headers,
+                    json={"sample_ids": chunk, "method": "finetune", "params": {"epochs": 1}})
+            assert response.status_code == 202, response.text
+            return response.json()
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            made = list(pool.map(ask, [ids[i : i + 3] for i in range(0, 120, 3)]))
+
+        finished = [wait_for_request(api, r["id"], timeout=240) for r in made]
+        assert all(r["status"] == "completed" for r in finished), finished
+        jobs = {r["job_id"] for r in finished}
+        assert len(jobs) <= 5, f"40 requests became {len(jobs)} jobs"
+        versions = api.get(f"/v1/models/{model['id']}/versions").json()["items"]
+        assert len(versions) == len(jobs) + 1
+        for old in versions[:-1]:
+            response = api.get(f"/v1/models/{model['id']}/versions/{old['version']}/checkpoint")
+            assert response.status_code == 410
+        latest = api.get(f"/v1/models/{model['id']}/versions/{versions[-1]['version']}/checkpoint")
+        assert latest.status_code == 200
+
+        key = tmp_path / "key.json"
+        key.write_text(json.dumps(api.get("/v1/keys/receipt").json()))
+        for request in finished[:: 8]:
+            receipt = tmp_path / f"{request['id']}.json"
+            receipt.write_text(api.get(f"/v1/deletion-requests/{request['id']}/receipt").text)
+            verdict = CliRunner().invoke(cli, ["receipt", "verify", str(receipt),
+                                               "--public-key", str(key)])
+            assert verdict.exit_code == 0, verdict.output
+
+        wait_until(lambda: all(s["erased"] for s in api.get(
+            f"/v1/datasets/{dataset['id']}/samples", params={"limit": 120}).json()["items"]),
+            60, "the forgotten samples' bytes to be erased")
+        store = get_blob_store()
+        assert not any(store.exists(blob) for blob in original_blobs)
+        with session_scope() as db:
+            upload = store.path(db.get(Dataset, dataset["id"]).upload_blob)
+        with np.load(upload, allow_pickle=False) as npz:
+            assert not set(npz["ids_train"].tolist()) & set(ids)
+
+        assert api.get("/v1/audit/verify").json()["valid"] is True
+        events = api.get("/v1/audit", params={"limit": 1000}).json()["items"]
+        victim = next(e for e in events if e["action"] == "deletion_request.completed")
+        with session_scope() as db:
+            db.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = :seq"),
+                       {"seq": victim["seq"]})
+        assert api.get("/v1/audit/verify").json()["first_invalid_seq"] == victim["seq"]
+        with session_scope() as db:  # the database is shared with later tests: undo it
+            db.execute(text("UPDATE audit_events SET actor = :actor WHERE seq = :seq"),
+                       {"actor": victim["actor"], "seq": victim["seq"]})
+        assert api.get("/v1/audit/verify").json()["valid"] is True
