@@ -18,23 +18,25 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(None, description="file:///path; home/blobs if unset.")
 
     # Limits on what clients may send.
-    max_request_bytes: int = 1 << 30
-    max_archive_members: int = 200_000
-    max_archive_bytes: int = 4 << 30
-    max_compression_ratio: float = 200.0
-    max_image_pixels: int = 4096 * 4096
+    max_request_bytes: int = Field(1 << 30, description="Larger request bodies get 413.")
+    max_archive_members: int = Field(200_000, description="Members an uploaded archive may have.")
+    max_archive_bytes: int = Field(4 << 30, description="What an upload may unpack to in all.")
+    max_compression_ratio: float = Field(200.0, description="Beyond this a member is a bomb.")
+    max_image_pixels: int = Field(4096 * 4096, description="Pixels of one uploaded image.")
 
     # Jobs.
-    queue_name: str = "unlearning"
+    queue_name: str = Field("unlearning", description="The Celery queue jobs are routed to.")
     job_lease_seconds: float = Field(60.0, description="A running job whose heartbeat is older "
                                      "than this is presumed dead and may be taken over.")
-    job_max_attempts: int = 3
-    job_time_limit_seconds: int = 6 * 3600
-    busy_retry_seconds: float = 2.0
-    redispatch_after_seconds: float = 300.0
-    sweep_interval_seconds: float = 30.0
+    job_max_attempts: int = Field(3, description="Runs of one job (lost workers included).")
+    job_time_limit_seconds: int = Field(6 * 3600, description="Celery's hard limit per job.")
+    busy_retry_seconds: float = Field(2.0, description="Wait before asking again for a job "
+                                      "whose model is busy.")
+    redispatch_after_seconds: float = Field(300.0, description="A queued job unclaimed this "
+                                            "long is sent again (a lost message).")
+    sweep_interval_seconds: float = Field(30.0, description="Period of the workers' upkeep.")
     local_workers: int = Field(2, description="Concurrent jobs of the in-process worker.")
-    torch_threads: int | None = None
+    torch_threads: int | None = Field(None, description="torch.set_num_threads for jobs.")
 
     # Deletion requests.
     deletion_deadline_days: int = Field(30, description="GDPR Art. 12(3): one month.")
