@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.audit import service as audit
 from app.core.config import get_settings
-from app.core.db import lock_row, new_session, session_scope, utcnow
+from app.core.db import in_chunks, lock_row, new_session, session_scope, utcnow
 from app.core.storage import get_blob_store
 from app.datasets.tables import Dataset, Sample
 from app.deletion_requests.service import settle_requests_of
@@ -272,8 +272,9 @@ def finish(claim: Claim, result: JobResult) -> str:
         model = db.get(Model, job.model_id, populate_existing=True)
         version = model.latest_version + 1
         dataset_id = model.dataset_id
-        sample_ids = list(db.scalars(select(Sample.sample_id).where(
-            Sample.dataset_id == dataset_id, Sample.row.in_(job.forget_rows))))
+        sample_ids = [sample_id for rows in in_chunks(job.forget_rows)
+                      for sample_id in db.scalars(select(Sample.sample_id).where(
+                          Sample.dataset_id == dataset_id, Sample.row.in_(rows)))]
         db.add(ModelVersion(
             model_id=model.id, version=version, parent_version=model.latest_version,
             sha256=result.checkpoint_sha256, size_bytes=result.checkpoint_size, job_id=job.id,
@@ -281,8 +282,9 @@ def finish(claim: Claim, result: JobResult) -> str:
             artifacts=result.artifacts))
         db.add_all([ForgottenSample(model_id=model.id, row=row, job_id=job.id)
                     for row in job.forget_rows])
-        db.execute(update(Sample).where(Sample.dataset_id == dataset_id,
-                                        Sample.row.in_(job.forget_rows)).values(deleted=True))
+        for rows in in_chunks(job.forget_rows):
+            db.execute(update(Sample).where(Sample.dataset_id == dataset_id,
+                                            Sample.row.in_(rows)).values(deleted=True))
         model.latest_version = version
         withdraw_superseded(db, model, version)
         job.status, job.result_version, job.metrics = SUCCEEDED, version, result.metrics

@@ -55,6 +55,13 @@ def lock_row(db: Session, table, row_id: str) -> bool:
     return db.execute(update(table).where(table.id == row_id).values(id=table.id)).rowcount > 0
 
 
+def in_chunks(values, size: int = 10_000) -> Iterator[list]:
+    """Slices of ``values`` small enough for one ``IN (...)`` on every backend."""
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the API read while the in-process worker writes; busy_timeout waits for locks.

@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.core.db import lock_row, new_session, session_scope
+from app.core.db import in_chunks, lock_row, new_session, session_scope
 from app.core.storage import BlobStore, get_blob_store
 from app.datasets.tables import Dataset, Sample
 from app.models.tables import ForgottenSample, Model
@@ -71,8 +71,9 @@ def erase_forgotten(dataset_id: str) -> int:
         if (dataset.upload_blob, dataset.arrays_blob) != old:
             return 0  # erased concurrently; what is left is caught by the next pass
         dataset.upload_blob, dataset.arrays_blob = new_upload.sha256, new_arrays.sha256
-        db.execute(update(Sample).where(Sample.dataset_id == dataset_id,
-                                        Sample.row.in_(sorted(rows))).values(erased=True))
+        for chunk in in_chunks(sorted(rows)):
+            db.execute(update(Sample).where(Sample.dataset_id == dataset_id,
+                                            Sample.row.in_(chunk)).values(erased=True))
         audit.record(db, "dataset.erased", "dataset", dataset_id, tenant_id=dataset.tenant_id,
                      data={"num_samples": len(rows), "upload_before": old[0],
                            "upload_after": new_upload.sha256, "arrays_before": old[1],
