@@ -135,10 +135,13 @@ def test_a_burst_of_requests_is_coalesced_and_fully_evidenced(worker, digits_npz
     from app.core.storage import get_blob_store
     from app.datasets.tables import Dataset
     from app.main import create_app
-    from tests.test_deletion_lifecycle import wait_for_request
+    from tests.test_deletion_lifecycle import digits_with_subjects, wait_for_request
 
     with api_client() as api:
-        dataset, model = register_digits(api, digits_npz, digits_weights)
+        # Subjects unique to this test make its blobs unique: identical uploads of other tests
+        # share content-addressed blobs that must (rightly) survive this erasure.
+        unique = digits_with_subjects(digits_npz, prefix=secrets.token_hex(4))
+        dataset, model = register_digits(api, unique, digits_weights)
         ids = sample_ids(api, dataset["id"], 120)
         with session_scope() as db:
             original_blobs = (db.get(Dataset, dataset["id"]).upload_blob,

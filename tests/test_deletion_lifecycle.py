@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 from tests.test_api_flow import register_digits, sample_ids
 
 
-def digits_with_subjects(digits_npz: bytes) -> bytes:
-    """The digits export with every training sample tagged ``user-<row % 50>``."""
+def digits_with_subjects(digits_npz: bytes, prefix: str = "user") -> bytes:
+    """The digits export with every training sample tagged ``<prefix>-<row % 50>``."""
     with np.load(io.BytesIO(digits_npz), allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in npz.files}
-    arrays["subjects_train"] = np.array([f"user-{i % 50}" for i in range(len(arrays["y_train"]))])
+    arrays["subjects_train"] = np.array([f"{prefix}-{i % 50}"
+                                         for i in range(len(arrays["y_train"]))])
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
