@@ -200,3 +200,17 @@ def test_a_burst_of_requests_is_coalesced_and_fully_evidenced(worker, digits_npz
             db.execute(text("UPDATE audit_events SET actor = :actor WHERE seq = :seq"),
                        {"actor": victim["actor"], "seq": victim["seq"]})
         assert api.get("/v1/audit/verify").json()["valid"] is True
+
+
+def test_core_methods_run_on_the_celery_worker(worker, digits_npz, digits_weights):
+    from tests.test_core_methods_api import DIGITS_PARAMS
+
+    with api_client() as api:
+        _, model = register_digits(api, digits_npz, digits_weights)
+        for version, (method, params) in enumerate(DIGITS_PARAMS.items(), start=2):
+            response = api.post(f"/v1/models/{model['id']}/deletion-requests",
+                                json={"classes": [version], "method": method, "params": params})
+            job = api.wait_for_job(response.json()["job_id"], timeout=180)
+            assert job["status"] == "succeeded", (job, worker.log.read_text()[-3000:])
+            assert (job["base_version"], job["result_version"]) == (version - 1, version)
+            assert job["metrics"]["forget_accuracy"] < 0.05
