@@ -121,7 +121,7 @@ def train(
 @cli.command()
 def bench(
     preset: Annotated[str, typer.Option(help="smoke, cpu or gpu.")] = "smoke",
-    out: Annotated[Path, typer.Option(help="Directory for the results.")] = Path("bench-results"),
+    out: Annotated[Path, typer.Option(help="Directory for the results.")] = Path("bench-out"),
     methods: Annotated[str | None, typer.Option(help="Comma list; default all.")] = None,
     scenarios: Annotated[str | None, typer.Option(help="Comma list of random-10, class.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma list; default the preset's.")] = None,

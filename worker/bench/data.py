@@ -1,0 +1,147 @@
+"""The benchmark's data: decoded once per file into the cache, then cut to a preset's subset."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from worker.bench import BenchConfigError
+from worker.bench.presets import CIFAR10, DIGITS, DatasetSpec, cifar10_archive
+from worker.engine.data.arrays import DatasetArrays
+from worker.engine.data.formats import export_digits, load_dataset_file
+
+SUBSET_SEED = 0  # the same subset for every bench seed, so seeds vary only the training run
+VALIDATION_FRACTION = 0.1
+
+
+@dataclass
+class BenchData:
+    """Model inputs of one dataset, with the digest that keys cached models trained on it."""
+
+    name: str
+    sha256: str  # of the uint8/float arrays actually used, after subsetting
+    classes: list[str]
+    input_shape: tuple[int, ...]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    test_split: str = "test"  # "validation" when tuning carves it from the training data
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "num_train": len(self.y_train),
+                "num_test": len(self.y_test), "test_split": self.test_split,
+                "num_classes": self.num_classes, "input_shape": list(self.input_shape)}
+
+
+def load_bench_data(spec: DatasetSpec, cache_dir: Path) -> BenchData:
+    return to_bench_data(*load_subset_arrays(spec, cache_dir))
+
+
+def load_subset_arrays(spec: DatasetSpec, cache_dir: Path) -> tuple[DatasetArrays, str]:
+    """The preset's subset of the source's arrays, and the source file's name."""
+    path = source_file(spec.source, cache_dir)
+    return subset(decoded_arrays(path, cache_dir), spec.train_size, spec.test_size), path.name
+
+
+def source_file(source: str, cache_dir: Path) -> Path:
+    """The upload-format file behind a dataset source name or path."""
+    if source == CIFAR10:
+        return cifar10_archive()
+    if source == DIGITS:
+        path = cache_dir / "datasets" / "digits.npz"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_digits(path)
+        return path
+    path = Path(source)
+    if not path.is_file():
+        raise BenchConfigError(f"dataset file {path} not found")
+    return path
+
+
+def decoded_arrays(path: Path, cache_dir: Path) -> DatasetArrays:
+    """The file's arrays; decoding JPEG archives takes minutes, so keep them by file digest."""
+    cached = cache_dir / "datasets" / f"{file_sha256(path)}.safetensors"
+    if cached.is_file():
+        return DatasetArrays.load(cached)
+    arrays = load_dataset_file(path, path.name)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    arrays.save(partial)
+    partial.replace(cached)  # atomic: a concurrent run never reads half a file
+    return arrays
+
+
+def subset(arrays: DatasetArrays, train_size: int | None,
+           test_size: int | None) -> DatasetArrays:
+    """Stratified subsets of both splits; normalisation statistics recomputed on the subset."""
+    train_rows = _stratified_rows(arrays.y_train, train_size)
+    test_rows = _stratified_rows(arrays.y_test, test_size)
+    subjects = arrays.subjects_train
+    return replace(
+        arrays, x_train=arrays.x_train[train_rows], y_train=arrays.y_train[train_rows],
+        x_test=arrays.x_test[test_rows], y_test=arrays.y_test[test_rows],
+        ids_train=[arrays.ids_train[row] for row in train_rows],
+        subjects_train=None if subjects is None else [subjects[row] for row in train_rows],
+        mean=None, std=None)
+
+
+def _stratified_rows(labels: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or size >= len(labels):
+        return np.arange(len(labels))
+    rows, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels,
+                               random_state=SUBSET_SEED)
+    return np.sort(rows)
+
+
+def carve_validation(arrays: DatasetArrays, fraction: float = VALIDATION_FRACTION
+                     ) -> DatasetArrays:
+    """Training data split into a smaller training split and a validation split that stands
+    in for the test split, so tuning never sees the test data."""
+    keep, held_out = train_test_split(np.arange(len(arrays.y_train)), test_size=fraction,
+                                      stratify=arrays.y_train, random_state=SUBSET_SEED)
+    keep, held_out = np.sort(keep), np.sort(held_out)
+    subjects = arrays.subjects_train
+    return replace(
+        arrays, x_train=arrays.x_train[keep], y_train=arrays.y_train[keep],
+        x_test=arrays.x_train[held_out], y_test=arrays.y_train[held_out],
+        ids_train=[arrays.ids_train[row] for row in keep],
+        subjects_train=None if subjects is None else [subjects[row] for row in keep],
+        mean=None, std=None)
+
+
+def to_bench_data(arrays: DatasetArrays, name: str, test_split: str = "test") -> BenchData:
+    return BenchData(
+        name=name, sha256=arrays_sha256(arrays), classes=list(arrays.classes),
+        input_shape=tuple(arrays.input_shape),
+        x_train=arrays.inputs(arrays.x_train), y_train=torch.from_numpy(arrays.y_train),
+        x_test=arrays.inputs(arrays.x_test), y_test=torch.from_numpy(arrays.y_test),
+        test_split=test_split)
+
+
+def arrays_sha256(arrays: DatasetArrays) -> str:
+    digest = hashlib.sha256()
+    for array in (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test):
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,171 @@
+"""The bench's outputs: results.json, results.md (methods.md's table style) and the trade-off
+plot of Avg. Gap against speed-up that a user picks a method from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and in CI
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before this import
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+
+SCENARIO_TITLES = {"random-10": "10% random forgetting", "class": "Class forgetting"}
+TABLE_COLUMNS = (("UA", "ua", 2), ("RA", "ra", 2), ("TA", "ta", 2), ("MIA", "mia", 2),
+                 ("Avg. Gap", "avg_gap", 2), ("JS", "js", 4), ("seconds", "seconds", 2),
+                 ("speed-up", "speedup", 1))
+# The project's goal for the core methods (see the bench issue): the region to land in.
+GOAL_GAP, GOAL_SPEEDUP = 2.0, 10.0
+GAP_TICKS = (0, 0.5, 1, 1.5, 2, 5, 10, 20, 50, 100)
+
+
+def write_report(results: dict[str, Any], out: Path, stem: str = "results") -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md",
+             "plot": out / f"{stem}-tradeoff.png"}
+    paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    paths["markdown"].write_text(markdown(results, paths["plot"].name))
+    plot_tradeoff(results["rows"], paths["plot"], title=f"preset {results['preset']}")
+    return paths
+
+
+# --- Markdown ------------------------------------------------------------------------------
+
+def markdown(results: dict[str, Any], plot_name: str) -> str:
+    kind = f"tuning `{results['tune']['method']}`" if "tune" in results else "benchmark"
+    lines = [f"# Lethe {kind}: preset `{results['preset']}`", "", _setup(results), ""]
+    lines += [_originals(results["originals"]), ""]
+    for scenario in results["scenarios"]:
+        rows = [row for row in results["rows"] if row["scenario"] == scenario]
+        lines += [f"## {SCENARIO_TITLES.get(scenario, scenario)} (`{scenario}`)", "",
+                  *table(rows), ""]
+        failures = [f"- {row['label']}: failed on {'; '.join(row['errors'])}"
+                    for row in rows if row["errors"]]
+        lines += [*failures, ""] if failures else []
+    if "tune" in results:
+        lines += [*_tuning(results["tune"]), ""]
+    lines += [_legend(len(results["seeds"]), results["dataset"]["test_split"]), "",
+              f"![Avg. Gap against speed-up]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def _tuning(tune: dict[str, Any]) -> list[str]:
+    lines = [f"## Chosen values for `{tune['method']}`", "",
+             f"Grid `{json.dumps(tune['grid'])}`, scored on the validation split carved from "
+             f"the training data. Criterion: {tune['criterion']}.", ""]
+    chosen = tune["chosen"]
+    if chosen is None:
+        return [*lines, "Every setting failed: nothing chosen."]
+    shortfall = "" if chosen["met_min_speedup"] else (
+        f" No setting reached {tune['min_speedup']:g}x; this is the lowest gap of all.")
+    return [*lines, f"**{json.dumps(chosen['params'])}**: Avg. Gap {chosen['avg_gap']:.2f} "
+                    f"(mean over scenarios), speed-up at least {chosen['speedup']:.1f}x."
+                    + shortfall]
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    header = ["method", *(title for title, _, _ in TABLE_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [_cell(row, key, digits) for _, key, digits in TABLE_COLUMNS]
+        lines.append("| " + " | ".join([row["label"], *cells]) + " |")
+    return lines
+
+
+def _cell(row: dict[str, Any], key: str, digits: int) -> str:
+    mean, std = row.get(key), row.get(f"{key}_std")
+    if mean is None:
+        return "failed"
+    if len(row["seeds"]) > 1 and std is not None:
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def _setup(results: dict[str, Any]) -> str:
+    data = results["dataset"]
+    recipe = ", ".join(f"{key} {value}" for key, value in results["recipe"].items())
+    config = {key: value for key, value in results["architecture_config"].items()
+              if key not in ("num_classes", "input_shape")}
+    return (f"Dataset `{data['name']}` ({data['num_train']:,} training rows, {data['num_test']:,} "
+            f"{data['test_split']} rows, {data['num_classes']} classes; arrays sha256 "
+            f"`{data['sha256'][:12]}`). Architecture `{results['architecture']}` "
+            f"{json.dumps(config)}; recipe: {recipe}. Seeds {results['seeds']}, device "
+            f"{results['device']}.")
+
+
+def _originals(originals: list[dict[str, Any]]) -> str:
+    parts = [f"seed {o['seed']}: test accuracy {100 * o['test_accuracy']:.2f}%, trained in "
+             f"{o['train_seconds']:.1f} s{' (from the cache)' if o['cache_hit'] else ''}"
+             for o in originals]
+    return "Original models: " + "; ".join(parts) + "."
+
+
+def _legend(seed_count: int, test_split: str) -> str:
+    spread = (f"Means over {seed_count} seeds ± sample standard deviation; "
+              if seed_count > 1 else "One seed; ")
+    return (spread + "UA, RA, TA, MIA and Avg. Gap in percent. UA = 100 − accuracy on D_f, "
+            f"RA on D_r, TA on the {test_split} split; MIA = MIA-efficacy; Avg. Gap = mean "
+            "|method − retrain| over the four, per seed against that seed's retrain. JS: "
+            "Jensen-Shannon divergence (nats) to the retrained model's outputs on D_f. "
+            "Speed-up = retrain "
+            "seconds / method seconds in the same run. After class forgetting, TA and the "
+            f"attack's non-members use the {test_split} rows of the retained classes.")
+
+
+# --- Plot ----------------------------------------------------------------------------------
+
+def plot_tradeoff(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Per scenario, Avg. Gap (lower is better) against speed-up (right is faster), one marker
+    per method in every panel, and the goal shaded."""
+    scenarios = list(dict.fromkeys(row["scenario"] for row in rows))
+    styles = _styles(list(dict.fromkeys(row["label"] for row in rows)))
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6 * len(scenarios) + 2.5, 5),
+                             squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios, strict=True):
+        _plot_scenario(ax, [row for row in rows if row["scenario"] == scenario], styles)
+        ax.set_title(SCENARIO_TITLES.get(scenario, scenario))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(f"Avg. Gap to retrain against speed-up over retrain ({title})")
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _styles(labels: list[str]) -> dict[str, dict[str, Any]]:
+    """A colour and marker per method, the same in every panel; retrain a star."""
+    colours, markers = plt.get_cmap("tab20").colors, "osD^vPXhp<>"
+    styles = {label: {"color": colours[i % len(colours)], "marker": markers[i % len(markers)]}
+              for i, label in enumerate(labels)}
+    if "retrain" in styles:
+        styles["retrain"] = {"color": "black", "marker": "*"}
+    return styles
+
+
+def _plot_scenario(ax, rows: list[dict[str, Any]], styles: dict[str, dict[str, Any]]) -> None:
+    done = [row for row in rows if row["avg_gap"] is not None]
+    speedups = [row["speedup"] for row in done] or [1.0]
+    right = max(max(speedups) * 2, GOAL_SPEEDUP * 3)
+    ax.set_xscale("log")
+    ax.set_xlim(min(min(speedups) / 2, 0.5), right)
+    # Linear up to the goal's gap, logarithmic above: the contenders crowd near zero, while a
+    # method that broke the model can be 50 points away.
+    ax.set_yscale("symlog", linthresh=GOAL_GAP)
+    ax.fill_between([GOAL_SPEEDUP, right], 0, GOAL_GAP, color="tab:green", alpha=0.15,
+                    label=f"goal: gap ≤ {GOAL_GAP:g} at ≥ {GOAL_SPEEDUP:g}x")
+    for row in done:
+        ax.errorbar(row["speedup"], row["avg_gap"], xerr=row["speedup_std"] or None,
+                    yerr=row["avg_gap_std"] or None, linestyle="none", capsize=3,
+                    markersize=8, label=row["label"], **styles[row["label"]])
+    ax.set_xlabel("speed-up over retrain (log scale)")
+    ax.set_ylabel("Avg. Gap to retrain (points; linear to 2, log above)")
+    top = max([row["avg_gap"] for row in done] + [GOAL_GAP]) * 1.5
+    ax.set_ylim(-0.1, top)
+    ax.set_yticks([tick for tick in GAP_TICKS if tick <= top])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.grid(True, which="both", alpha=0.3)

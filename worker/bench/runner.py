@@ -1,0 +1,268 @@
+"""``lethe bench``: train (or load) the original model, retrain on D_r as the reference, run
+each method on the same forget set, score everything against the reference, per seed."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.bench import BenchConfigError
+from worker.bench.cache import ModelCache, original_key
+from worker.bench.data import BenchData, load_bench_data
+from worker.bench.presets import SCENARIOS, Preset, default_cache_dir, get_preset
+from worker.bench.progress import BenchProgress
+from worker.bench.report import write_report
+from worker.bench.scenarios import draw_forget_set, evaluation_data, unlearning_data
+from worker.bench.scoring import Trial, percent_scores, summarise
+from worker.engine.architectures import Classifier, build_model
+from worker.engine.device import pick_device
+from worker.engine.methods import METHODS, ProgressFn, UnlearningData, UnlearningTask
+from worker.engine.metrics import accuracy, evaluate, js_divergence, predict_logits
+from worker.engine.training import TrainingRecipe, seeded, train
+
+REFERENCE = "retrain"
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One row of the table: a method with its parameter overrides."""
+
+    label: str
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One seed's forget set of one scenario: what every contender of a row group gets."""
+
+    seed: int
+    scenario: str
+    data: UnlearningData
+
+
+@dataclass
+class BenchOutput:
+    results: dict[str, Any]
+    paths: dict[str, Path]
+
+
+def run_bench(preset: str = "smoke", out: Path = Path("bench-out"), *,
+              methods: list[str] | None = None, scenarios: list[str] | None = None,
+              seeds: list[int] | None = None, dataset: Path | None = None,
+              cache_dir: Path | None = None, show_progress: bool = True) -> BenchOutput:
+    """Run the preset (or the part of it the options select) and write the report to ``out``."""
+    chosen = resolve_preset(preset, dataset)
+    contenders = plan_contenders(chosen, methods)
+    scenario_names, seed_list = plan_scenarios(chosen, scenarios), plan_seeds(chosen, seeds)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    started = time.perf_counter()
+    data = load_bench_data(chosen.dataset, cache_dir)
+    runner = BenchRunner(chosen, data, ModelCache(cache_dir))
+    trials = runner.run(contenders, scenario_names, seed_list, show_progress)
+    results = runner.results(trials, scenario_names, seed_list)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return BenchOutput(results, write_report(results, Path(out)))
+
+
+def resolve_preset(name: str, dataset: Path | None) -> Preset:
+    preset = get_preset(name)
+    return preset.with_dataset(dataset) if dataset is not None else preset
+
+
+def plan_contenders(preset: Preset, methods: list[str] | None) -> list[Contender]:
+    """Retrain first (every gap and speed-up is measured against it), then the methods asked
+    for, each with the preset's overrides checked against its parameter schema."""
+    names = methods or METHODS.names()
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise BenchConfigError(f"unknown method(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(METHODS.names())}")
+    ordered = [REFERENCE, *(name for name in dict.fromkeys(names) if name != REFERENCE)]
+    return [contender(name, preset.params_for(name)) for name in ordered]
+
+
+def contender(method: str, params: dict[str, Any], label: str | None = None) -> Contender:
+    METHODS.get(method).Params.model_validate(params)  # fail before hours of training
+    return Contender(label or method, method, params)
+
+
+def plan_scenarios(preset: Preset, scenarios: list[str] | None) -> tuple[str, ...]:
+    names = tuple(scenarios or preset.scenarios)
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        raise BenchConfigError(f"unknown scenario(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(SCENARIOS)}")
+    return names
+
+
+def plan_seeds(preset: Preset, seeds: list[int] | None) -> tuple[int, ...]:
+    chosen = tuple(seeds if seeds is not None else preset.seeds)
+    if not chosen or any(seed < 0 for seed in chosen):
+        raise BenchConfigError("seeds must be one or more non-negative integers")
+    return chosen
+
+
+class BenchRunner:
+    """Runs contenders over seeds and scenarios on one dataset, architecture and recipe."""
+
+    def __init__(self, preset: Preset, data: BenchData, cache: ModelCache,
+                 device: torch.device | None = None):
+        self.preset, self.data, self.cache = preset, data, cache
+        self.device = device or pick_device()
+        self.config = {"num_classes": data.num_classes, "input_shape": data.input_shape,
+                       **preset.architecture_config}
+        self.originals: list[dict[str, Any]] = []
+        self.progress = BenchProgress(0, enabled=False)
+
+    def build_fresh(self) -> Classifier:
+        return build_model(self.preset.architecture, self.config)
+
+    def recipe(self, seed: int) -> TrainingRecipe:
+        return self.preset.recipe.model_copy(update={"seed": seed})
+
+    def run(self, contenders: list[Contender], scenarios: tuple[str, ...],
+            seeds: tuple[int, ...], show_progress: bool = True) -> list[Trial]:
+        steps = 1 + len(seeds) * (1 + len(scenarios) * len(contenders))  # 1: the warm-up
+        trials: list[Trial] = []
+        with (threads(self.preset.torch_threads),
+              BenchProgress(steps, show_progress) as self.progress):
+            self.warm_up()
+            for seed in seeds:
+                original = self.original(seed)
+                for scenario in scenarios:
+                    trials += self.scenario_trials(original, seed, scenario, contenders)
+        return trials
+
+    def warm_up(self) -> None:
+        """A few untimed training steps, so one-off start-up costs (thread pools, allocator,
+        kernel selection) are not charged to whichever method happens to run first."""
+        rows = slice(0, 4 * self.preset.recipe.batch_size)
+        with self.progress.step("warming up"):
+            train(self.build_fresh(), self.data.x_train[rows], self.data.y_train[rows],
+                  self.preset.recipe, self.device, epochs=1)
+
+    def original(self, seed: int) -> Classifier:
+        """The model every method starts from: from the cache, else trained and cached."""
+        recipe = self.recipe(seed)
+        key = original_key(self.data.sha256, self.preset.architecture, self.config, recipe, seed)
+        # Built and trained under the seed, as retrain builds and trains its model.
+        with seeded(seed), self.progress.step(f"seed {seed}: original model") as progress:
+            model = self.build_fresh()
+            info = self.cache.load(key, model)
+            cache_hit = info is not None
+            if not cache_hit:
+                info = self._train_original(model, recipe, progress)
+                self.cache.save(key, model, info)
+        self.originals.append({"seed": seed, "cache_hit": cache_hit, "key": key, **info})
+        return model.to(self.device).eval()
+
+    def _train_original(self, model: Classifier, recipe: TrainingRecipe,
+                        progress: ProgressFn) -> dict[str, Any]:
+        started = time.perf_counter()
+        train(model, self.data.x_train, self.data.y_train, recipe, self.device,
+              progress=progress)
+        seconds = _elapsed(started, self.device)
+        return {"train_seconds": round(seconds, 3),
+                "train_accuracy": accuracy(model, self.data.x_train, self.data.y_train,
+                                           self.device),
+                "test_accuracy": accuracy(model, self.data.x_test, self.data.y_test, self.device)}
+
+    def scenario_trials(self, original: Classifier, seed: int, scenario: str,
+                        contenders: list[Contender]) -> list[Trial]:
+        """The reference (the first contender) on this seed's forget set, then the others,
+        each scored against it."""
+        setting = Setting(seed, scenario,
+                          unlearning_data(self.data, draw_forget_set(scenario, self.data, seed)))
+        reference, *others = contenders
+        reference_trial, reference_logits = self._trial(original, setting, reference)
+        if reference_trial.error:
+            raise RuntimeError(f"the reference ({reference.label}) failed: "
+                               f"{reference_trial.error}")
+        reference_trial.js = 0.0
+        trials = [reference_trial]
+        for other in others:
+            trial, logits = self._trial(original, setting, other)
+            if logits is not None:
+                trial.js = js_divergence(logits, reference_logits)
+            trials.append(trial)
+        return trials
+
+    def _trial(self, original: Classifier, setting: Setting,
+               contender: Contender) -> tuple[Trial, torch.Tensor | None]:
+        """Run and score one contender; returns its forget-set logits too (None if it failed).
+        A failing method, or one that leaves a broken model, becomes a row with its error, so
+        the run goes on and the table hides nothing."""
+        method = METHODS.get(contender.method)
+        seed = setting.seed
+        params = method.Params.model_validate({**contender.params, "seed": seed})
+        trial = Trial(seed, setting.scenario, contender.label, contender.method,
+                      params.model_dump(mode="json", exclude={"seed"}))
+        step = f"seed {seed}: {setting.scenario}: {contender.label}"
+        with self.progress.step(step) as progress:
+            task = UnlearningTask(model=copy.deepcopy(original), build_fresh=self.build_fresh,
+                                  data=setting.data, recipe=self.recipe(seed),
+                                  device=self.device, progress=progress)
+            try:
+                started = time.perf_counter()
+                outcome = method().run(task, params)
+                trial.seconds = _elapsed(started, self.device)
+                trial.metrics = outcome.metrics
+                return trial, self._score(trial, outcome.model, setting)
+            except Exception as exc:  # one method's failure must not end the run
+                trial.error = f"{type(exc).__name__}: {exc}"
+                trial.scores = None
+                return trial, None
+
+    def _score(self, trial: Trial, model: Classifier, setting: Setting) -> torch.Tensor:
+        """Fill in the trial's scores; returns the model's logits on D_f."""
+        data = setting.data
+        forget_logits = predict_logits(model, data.x_train[data.forget_idx], self.device)
+        if not torch.isfinite(forget_logits).all():
+            raise FloatingPointError("the unlearned model outputs NaN or infinity (diverged)")
+        trial.scores = percent_scores(
+            evaluate(model, evaluation_data(data), self.device, setting.seed))
+        return forget_logits
+
+    def results(self, trials: list[Trial], scenarios: tuple[str, ...],
+                seeds: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "preset": self.preset.name,
+            "dataset": {"source": self.preset.dataset.source, **self.data.describe()},
+            "architecture": self.preset.architecture,
+            "architecture_config": {**self.config, "input_shape": list(self.data.input_shape)},
+            "recipe": self.preset.recipe.model_dump(mode="json", exclude={"seed"}),
+            "seeds": list(seeds),
+            "scenarios": list(scenarios),
+            "device": str(self.device),
+            "torch_threads": self.preset.torch_threads or torch.get_num_threads(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "originals": self.originals,
+            "rows": summarise(trials, REFERENCE),
+        }
+
+
+@contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count for the block, then the caller's back."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _elapsed(started: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously; wait for the last one
+    return time.perf_counter() - started

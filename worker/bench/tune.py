@@ -1,0 +1,100 @@
+"""``lethe bench --tune METHOD --grid JSON``: sweep a method's parameters on a validation split
+carved from the training data (the test split is never looked at) and pick the setting with
+the lowest Avg. Gap among those fast enough."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.bench import BenchConfigError
+from worker.bench.cache import ModelCache
+from worker.bench.data import carve_validation, load_subset_arrays, to_bench_data
+from worker.bench.presets import default_cache_dir
+from worker.bench.report import GOAL_SPEEDUP, write_report
+from worker.bench.runner import (
+    REFERENCE,
+    BenchOutput,
+    BenchRunner,
+    contender,
+    plan_scenarios,
+    plan_seeds,
+    resolve_preset,
+)
+
+
+def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
+             scenarios: list[str] | None = None, seeds: list[int] | None = None,
+             dataset: Path | None = None, cache_dir: Path | None = None,
+             min_speedup: float = GOAL_SPEEDUP, show_progress: bool = True) -> BenchOutput:
+    """Run every grid point of ``method`` against retraining and write tune.json/.md/.png."""
+    chosen = resolve_preset(preset, dataset)
+    if method == REFERENCE:
+        raise BenchConfigError("retrain is the reference every setting is measured against; "
+                               "tune another method")
+    points = grid_points(grid)
+    labelled = {point_label(point): point for point in points}
+    contenders = [contender(REFERENCE, chosen.params_for(REFERENCE)),
+                  *(contender(method, {**chosen.params_for(method), **point}, label)
+                    for label, point in labelled.items())]
+    scenario_names, seed_list = plan_scenarios(chosen, scenarios), plan_seeds(chosen, seeds)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    started = time.perf_counter()
+    arrays, name = load_subset_arrays(chosen.dataset, cache_dir)
+    data = to_bench_data(carve_validation(arrays), name, test_split="validation")
+    runner = BenchRunner(chosen, data, ModelCache(cache_dir))
+    trials = runner.run(contenders, scenario_names, seed_list, show_progress)
+    results = runner.results(trials, scenario_names, seed_list)
+    results["tune"] = {"method": method, "grid": grid, "min_speedup": min_speedup,
+                       "criterion": CRITERION.format(min_speedup=min_speedup),
+                       "chosen": choose(results["rows"], labelled, min_speedup)}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return BenchOutput(results, write_report(results, Path(out), stem="tune"))
+
+
+CRITERION = ("lowest Avg. Gap averaged over the scenarios, among the settings at least "
+             "{min_speedup:g}x faster than retrain in every scenario (among all settings when "
+             "none is)")
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, as parameter overrides."""
+    if not isinstance(grid, dict) or not grid or not all(
+            isinstance(values, list) and values for values in grid.values()):
+        raise BenchConfigError('--grid must be a JSON object of non-empty lists, e.g. '
+                               '{"lr": [0.001, 0.01], "epochs": [2, 5]}')
+    names = list(grid)
+    return [dict(zip(names, values, strict=True))
+            for values in itertools.product(*(grid[name] for name in names))]
+
+
+def point_label(point: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in point.items())
+
+
+def choose(rows: list[dict[str, Any]], labelled: dict[str, dict[str, Any]],
+           min_speedup: float) -> dict[str, Any] | None:
+    """The setting the criterion picks, with its figures; None when every setting failed."""
+    candidates = [_candidate(label, point, [row for row in rows if row["label"] == label])
+                  for label, point in labelled.items()]
+    finished = [candidate for candidate in candidates if candidate is not None]
+    fast = [candidate for candidate in finished if candidate["speedup"] >= min_speedup]
+    pool = fast or finished
+    if not pool:
+        return None
+    best = min(pool, key=lambda candidate: candidate["avg_gap"])
+    return best | {"met_min_speedup": bool(fast)}
+
+
+def _candidate(label: str, point: dict[str, Any],
+               rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not rows or any(row["avg_gap"] is None for row in rows):
+        return None
+    return {"label": label, "params": point,
+            "avg_gap": round(statistics.fmean(row["avg_gap"] for row in rows), 4),
+            "speedup": min(row["speedup"] for row in rows),  # the slowest scenario decides
+            "per_scenario": {row["scenario"]: {"avg_gap": row["avg_gap"],
+                                               "speedup": row["speedup"]} for row in rows}}
