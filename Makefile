@@ -7,9 +7,10 @@ TORCH_SPEC ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+PRESET ?= smoke
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve worker test test-fast lint format clean
+.PHONY: install serve worker test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -32,6 +33,9 @@ test: install  ## lint, then the whole suite (PostgreSQL/Redis tests skip if tho
 
 test-fast: install  ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install  ## e.g. make bench PRESET=cpu (results in bench-out/PRESET)
+	$(BIN)/lethe bench --preset $(PRESET) --out bench-out/$(PRESET)
 
 lint: install
 	$(BIN)/ruff check .
