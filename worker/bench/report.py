@@ -121,16 +121,21 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path, title: str = "") -> No
     """Per scenario, Avg. Gap (lower is better) against speed-up (right is faster), one marker
     per method in every panel, and the goal shaded."""
     scenarios = list(dict.fromkeys(row["scenario"] for row in rows))
-    styles = _styles(list(dict.fromkeys(row["label"] for row in rows)))
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(6 * len(scenarios) + 2.5, 5),
+    labels = list(dict.fromkeys(row["label"] for row in rows))
+    styles = _styles(labels)
+    # The legend goes below the panels, in as many rows as it needs: labels can be long.
+    columns = 4 if max(map(len, labels)) <= 24 else 2
+    legend_height = 0.2 * (1 + -(-(len(labels) + 1) // columns))
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(6 * len(scenarios), 5 + legend_height),
                              squeeze=False)
     for ax, scenario in zip(axes[0], scenarios, strict=True):
         _plot_scenario(ax, [row for row in rows if row["scenario"] == scenario], styles)
         ax.set_title(SCENARIO_TITLES.get(scenario, scenario))
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
+    handles = {label: handle for ax in axes[0]
+               for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=columns, fontsize=8)
     fig.suptitle(f"Avg. Gap to retrain against speed-up over retrain ({title})")
-    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -160,6 +165,10 @@ def _plot_scenario(ax, rows: list[dict[str, Any]], styles: dict[str, dict[str, A
         ax.errorbar(row["speedup"], row["avg_gap"], xerr=row["speedup_std"] or None,
                     yerr=row["avg_gap_std"] or None, linestyle="none", capsize=3,
                     markersize=8, label=row["label"], **styles[row["label"]])
+    failed = [row["label"] for row in rows if row["avg_gap"] is None]
+    if failed:  # no point to draw, but the failure must show
+        ax.text(0.98, 0.98, "failed: " + ", ".join(failed), transform=ax.transAxes,
+                ha="right", va="top", fontsize=8, color="tab:red")
     ax.set_xlabel("speed-up over retrain (log scale)")
     ax.set_ylabel("Avg. Gap to retrain (points; linear to 2, log above)")
     top = max([row["avg_gap"] for row in done] + [GOAL_GAP]) * 1.5
