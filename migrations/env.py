@@ -32,12 +32,19 @@ def run_online() -> None:
     engine.dispose()
 
 
+def _use_wal(connection) -> None:
+    """Put a SQLite file in WAL mode while nothing else has it open (see app.core.db)."""
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+
 def _run(connection) -> None:
     # Batch mode lets ALTERs run on SQLite, which cannot alter most columns in place.
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=True, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
+    _use_wal(connection)
 
 
 if context.is_offline_mode():

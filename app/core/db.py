@@ -64,10 +64,12 @@ def in_chunks(values, size: int = 10_000) -> Iterator[list]:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets the API read while the in-process worker writes; busy_timeout waits for locks.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA busy_timeout=30000")  # wait for locks rather than fail
     cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL lets the API read while the in-process worker writes. The mode is stored in the file
+    # (migrations set it); switching needs the database to itself, so only switch if needed.
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
 
 
