@@ -9,8 +9,9 @@ metrics, and optional state to cache with the new version).
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -92,14 +93,29 @@ class UnlearningOutcome:
     state: dict[str, torch.Tensor] | None = None  # cached with the new version
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generators (dropout, fresh initialisation) without leaking the seed
+    into the caller's random state."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 class UnlearningMethod(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     reference: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
 
+    def run(self, task: UnlearningTask, params: MethodParams) -> UnlearningOutcome:
+        """Unlearn with every random choice seeded by ``params.seed``."""
+        with seeded_rng(params.seed, task.device):
+            return self.unlearn(task, params)
+
     @abstractmethod
-    def run(self, task: UnlearningTask, params: MethodParams) -> UnlearningOutcome: ...
+    def unlearn(self, task: UnlearningTask, params: MethodParams) -> UnlearningOutcome: ...
 
     @classmethod
     def params_schema(cls) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Helpers the core unlearning methods share: seeding, evaluation, stopping rules, BN freezing."""
+"""Helpers the core unlearning methods share: copying, evaluation, stopping rules, BN freezing."""
 
 from __future__ import annotations
 
@@ -13,16 +13,6 @@ from torch import nn
 from worker.engine.architectures import Classifier
 from worker.engine.methods._base import ProgressFn, UnlearningData, UnlearningTask
 from worker.engine.training import iterate_batches
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global generators (dropout, fresh initialisation) without leaking the seed
-    into the caller's random state."""
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def working_copy(task: UnlearningTask) -> Classifier:

@@ -23,7 +23,7 @@ from worker.engine.methods._baseline_utils import (
     retain_sample,
     steps_per_epoch,
 )
-from worker.engine.methods._common import seeded_rng, working_copy
+from worker.engine.methods._common import working_copy
 from worker.engine.training import iterate_batches, seeded_generator
 
 
@@ -51,12 +51,8 @@ class BadTeacher(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data, retain=True)
-        with seeded_rng(params.seed, task.device):
-            return self._unlearn(task, params)
-
-    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         generator = seeded_generator(params.seed)
         student = working_copy(task)
         competent = frozen_copy(student)

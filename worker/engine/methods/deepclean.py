@@ -27,7 +27,6 @@ from worker.engine.methods._common import (
     only_these_trainable,
     progress_span,
     random_rows,
-    seeded_rng,
     working_copy,
 )
 from worker.engine.training import iterate_batches, seeded_generator
@@ -158,11 +157,7 @@ class DeepClean(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
-        with seeded_rng(params.seed, task.device):
-            return self._unlearn(task, params)
-
-    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
         generator = seeded_generator(params.seed)
         monitor = ForgetMonitor.from_task(task, params.eval_samples, generator)

@@ -26,7 +26,6 @@ from worker.engine.methods._common import (
     ForgetMonitor,
     freeze_norm_statistics,
     random_rows,
-    seeded_rng,
     working_copy,
 )
 from worker.engine.training import iterate_batches, seeded_generator
@@ -193,9 +192,8 @@ class FeatureConstraint(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
-        with seeded_rng(params.seed, task.device):
-            return _FeatureConstraintRun(task, params).run()
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+        return _FeatureConstraintRun(task, params).run()
 
 
 class _FeatureConstraintRun:

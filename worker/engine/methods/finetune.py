@@ -37,7 +37,7 @@ class Finetune(UnlearningMethod):
                  "Net\", CVPR 2020; Fan et al., \"SalUn\", ICLR 2024 (Table 1).")
     Params = FinetuneParams
 
-    def run(self, task: UnlearningTask, params: FinetuneParams) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: FinetuneParams) -> UnlearningOutcome:
         data = task.data
         if len(data.retain_idx) == 0:
             raise ValueError("the retain set is empty: there is nothing to fine-tune on")

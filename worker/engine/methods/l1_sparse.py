@@ -20,7 +20,7 @@ from worker.engine.methods._baseline_utils import (
     retain_set,
     train_cross_entropy,
 )
-from worker.engine.methods._common import seeded_rng, working_copy
+from worker.engine.methods._common import working_copy
 from worker.engine.training import seeded_generator
 
 
@@ -47,20 +47,19 @@ class L1Sparse(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data, retain=True)
-        with seeded_rng(params.seed, task.device):
-            model = working_copy(task)
-            generator = seeded_generator(params.seed)
-            optimizer = torch.optim.SGD(model.parameters(), lr=params.lr,
-                                        momentum=params.momentum,
-                                        weight_decay=params.weight_decay)
-            l1_before = l1_norm(model).item()
-            losses = train_cross_entropy(
-                model, retain_set(task.data), optimizer, epochs=params.epochs,
-                batch_size=params.batch_size, generator=generator, device=task.device,
-                progress=task.progress,
-                penalty=lambda epoch: penalty_weight(params, epoch) * l1_norm(model))
+        model = working_copy(task)
+        generator = seeded_generator(params.seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=params.lr,
+                                    momentum=params.momentum,
+                                    weight_decay=params.weight_decay)
+        l1_before = l1_norm(model).item()
+        losses = train_cross_entropy(
+            model, retain_set(task.data), optimizer, epochs=params.epochs,
+            batch_size=params.batch_size, generator=generator, device=task.device,
+            progress=task.progress,
+            penalty=lambda epoch: penalty_weight(params, epoch) * l1_norm(model))
         metrics = {"l1_norm_before": l1_before, "l1_norm_after": l1_norm(model).item(),
                    "epoch_losses": losses}
         return UnlearningOutcome(model=model.eval(), metrics=metrics)

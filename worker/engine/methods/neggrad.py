@@ -24,7 +24,7 @@ from worker.engine.methods._baseline_utils import (
     retain_set,
     steps_per_epoch,
 )
-from worker.engine.methods._common import seeded_rng, working_copy
+from worker.engine.methods._common import working_copy
 from worker.engine.training import seeded_generator
 
 
@@ -57,12 +57,8 @@ class NegGradPlus(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data, retain=True)
-        with seeded_rng(params.seed, task.device):
-            return self._unlearn(task, params)
-
-    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
         generator = seeded_generator(params.seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,

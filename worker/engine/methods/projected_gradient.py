@@ -29,7 +29,6 @@ from worker.engine.methods._common import (
     freeze_norm_statistics,
     only_these_trainable,
     progress_span,
-    seeded_rng,
     working_copy,
 )
 from worker.engine.training import iterate_batches, seeded_generator
@@ -202,11 +201,7 @@ class ProjectedGradient(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
-        with seeded_rng(params.seed, task.device):
-            return self._unlearn(task, params)
-
-    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
         layers = projected_layers(model)
         reduced, source = _retained_matrices(model, layers, task, params)

@@ -18,7 +18,7 @@ from worker.engine.methods._baseline_utils import (
     require_rows,
     train_cross_entropy,
 )
-from worker.engine.methods._common import seeded_rng, working_copy
+from worker.engine.methods._common import working_copy
 from worker.engine.training import seeded_generator
 
 
@@ -45,16 +45,15 @@ class RandomLabel(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data)
-        with seeded_rng(params.seed, task.device):
-            model = working_copy(task)
-            generator = seeded_generator(params.seed)
-            optimizer = torch.optim.SGD(model.parameters(), lr=params.lr,
-                                        momentum=params.momentum,
-                                        weight_decay=params.weight_decay)
-            losses = train_cross_entropy(
-                model, relabelled_union(task.data, generator), optimizer,
-                epochs=params.epochs, batch_size=params.batch_size, generator=generator,
-                device=task.device, progress=task.progress)
+        model = working_copy(task)
+        generator = seeded_generator(params.seed)
+        optimizer = torch.optim.SGD(model.parameters(), lr=params.lr,
+                                    momentum=params.momentum,
+                                    weight_decay=params.weight_decay)
+        losses = train_cross_entropy(
+            model, relabelled_union(task.data, generator), optimizer,
+            epochs=params.epochs, batch_size=params.batch_size, generator=generator,
+            device=task.device, progress=task.progress)
         return UnlearningOutcome(model=model.eval(), metrics={"epoch_losses": losses})

@@ -29,7 +29,7 @@ class Retrain(UnlearningMethod):
                  "IEEE S&P 2021.")
     Params = RetrainParams
 
-    def run(self, task: UnlearningTask, params: RetrainParams) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: RetrainParams) -> UnlearningOutcome:
         data = task.data
         if len(data.retain_idx) == 0:
             raise ValueError("the retain set is empty: there is nothing to retrain on")

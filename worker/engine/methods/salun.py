@@ -26,7 +26,7 @@ from worker.engine.methods._baseline_utils import (
     top_fraction_masks,
     train_cross_entropy,
 )
-from worker.engine.methods._common import progress_span, seeded_rng, working_copy
+from worker.engine.methods._common import progress_span, working_copy
 from worker.engine.training import iterate_batches, seeded_generator
 
 SALIENCY_SHARE = 0.1  # of the progress bar
@@ -59,12 +59,8 @@ class SalUn(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data)
-        with seeded_rng(params.seed, task.device):
-            return self._unlearn(task, params)
-
-    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
         generator = seeded_generator(params.seed)
         saliency = forget_loss_saliency(model, forget_set(task.data), params.batch_size,

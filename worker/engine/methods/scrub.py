@@ -28,7 +28,7 @@ from worker.engine.methods._baseline_utils import (
     retain_set,
     steps_per_epoch,
 )
-from worker.engine.methods._common import seeded_rng, working_copy
+from worker.engine.methods._common import working_copy
 from worker.engine.training import iterate_batches, seeded_generator
 
 # (inputs, labels) -> (loss to descend, value to report)
@@ -67,10 +67,9 @@ class Scrub(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data, retain=True)
-        with seeded_rng(params.seed, task.device):
-            return _ScrubRun(task, params).run()
+        return _ScrubRun(task, params).run()
 
 
 class _ScrubRun:

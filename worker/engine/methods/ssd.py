@@ -28,7 +28,7 @@ from worker.engine.methods._base import (
     register_method,
 )
 from worker.engine.methods._baseline_utils import count_selected, require_rows
-from worker.engine.methods._common import progress_span, seeded_rng, working_copy
+from worker.engine.methods._common import progress_span, working_copy
 from worker.engine.training import seeded_generator
 
 
@@ -62,12 +62,8 @@ class SelectiveSynapticDampening(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data)
-        with seeded_rng(params.seed, task.device):
-            return self._unlearn(task, params)
-
-    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task).eval()
         generator = seeded_generator(params.seed)
         data = task.data

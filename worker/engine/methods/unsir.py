@@ -29,7 +29,6 @@ from worker.engine.methods._baseline_utils import Batch, require_rows, train_cro
 from worker.engine.methods._common import (
     only_these_trainable,
     progress_span,
-    seeded_rng,
     working_copy,
 )
 from worker.engine.training import seeded_generator
@@ -73,12 +72,8 @@ class Unsir(UnlearningMethod):
     )
     Params = Params
 
-    def run(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
+    def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         require_rows(task.data, retain=True)
-        with seeded_rng(params.seed, task.device):
-            return self._unlearn(task, params)
-
-    def _unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
         generator = seeded_generator(params.seed)
         copies = noise_copies(task.data, params.noise_copies)
