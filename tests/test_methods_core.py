@@ -195,13 +195,26 @@ def test_deepclean_resets_exactly_the_top_ratio_weights(digits, model, forget):
         relative_epsilon=1.0)
     before, after = dict(model.named_parameters()), dict(outcome.model.named_parameters())
     reset = {name: (after[name] == 0) & (before[name] != 0) for name in before}
-    flat_ratio = torch.cat([ratio[name].flatten() for name in before])
-    flat_reset = torch.cat([reset[name].flatten() for name in before])
+    # By default only weight matrices are eligible: biases (1-D) stay as they were.
+    matrices = [name for name in before if before[name].dim() > 1]
+    assert len(matrices) < len(before)
+    flat_ratio = torch.cat([ratio[name].flatten() for name in matrices])
+    flat_reset = torch.cat([reset[name].flatten() for name in matrices])
     assert int(flat_reset.sum()) == math.ceil(0.01 * flat_ratio.numel())
     assert outcome.metrics["weights_reset"] == int(flat_reset.sum())
     assert flat_ratio[flat_reset].min() >= flat_ratio[~flat_reset].max() * (1 - 1e-4)
     for name in before:
         assert torch.equal(after[name][~reset[name]], before[name][~reset[name]]), name
+
+
+def test_deepclean_scope_all_also_ranks_biases(digits, model):
+    task = make_task(model, digits, class_rows(digits))
+    outcome = run_method("deepclean", task, finetune_epochs=0, reset_scope="all",
+                         top_fraction=0.2)
+    reset_biases = sum(int(((p == 0) & (q != 0)).sum())
+                       for p, q in zip(outcome.model.parameters(), model.parameters(),
+                                       strict=True) if p.dim() == 1)
+    assert reset_biases > 0
 
 
 def test_deepclean_finetunes_only_reset_weights(digits, model):
@@ -242,6 +255,19 @@ def test_feature_constraint_pulls_forget_features_to_teacher(digits, model, bala
     assert len(set(forget_weights)) > 1 and len(set(recover_weights)) > 1
     final = outcome.metrics["balance_weights"]
     assert final["forget"] != final["recover"]
+
+
+def test_feature_constraint_repair_wins_back_retain_accuracy(digits, model):
+    task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    # A learning rate high enough for the forget task to cost retain accuracy.
+    harsh = {"lr": 0.01, "recover_fraction": 0.1}
+    damaged = run_method("feature-constraint", task, **harsh)
+    repaired = run_method("feature-constraint", task, **harsh, repair_epochs=3)
+    assert repaired.metrics["repair_epochs_run"] == 3
+    assert [e.get("phase") for e in repaired.metrics["history"]][-3:] == ["repair"] * 3
+    before, after = measure(damaged.model, task), measure(repaired.model, task)
+    assert after.retain > before.retain + 5.0
+    assert after.forget <= 2.0  # repairing on D_r does not bring the class back
 
 
 # --- every core method ----------------------------------------------------------------------

@@ -53,7 +53,13 @@ class Params(MethodParams):
                     "whose ratio exceeds ratio_threshold.",
     )
     top_fraction: float = Field(
-        0.01, gt=0, le=1, description="Share of all weights reset by 'top-fraction'.")
+        0.01, gt=0, le=1, description="Share of the eligible weights reset by 'top-fraction'.")
+    reset_scope: Literal["weights", "all"] = Field(
+        "weights",
+        description="Which parameters may be reset: 'weights' (conv and linear weight "
+                    "matrices) or 'all' (biases and normalisation scales too; zeroing a "
+                    "BatchNorm scale silences its whole channel).",
+    )
     ratio_threshold: float = Field(
         10.0, gt=0, description="Ratio above which 'threshold' resets a weight.")
     epsilon: float = Field(
@@ -128,6 +134,15 @@ def fisher_ratio(forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor
 def select_weights(ratios: dict[str, torch.Tensor], params: Params) -> dict[str, torch.Tensor]:
     """Boolean masks of the weights to reset. A zero ratio (D_f never moves the weight) is
     never selected, even when the requested fraction would reach it."""
+    eligible = {name: ratio for name, ratio in ratios.items()
+                if params.reset_scope == "all" or ratio.dim() > 1}
+    masks = {name: torch.zeros_like(ratio, dtype=torch.bool) for name, ratio in ratios.items()}
+    return masks | _select(eligible, params)
+
+
+def _select(ratios: dict[str, torch.Tensor], params: Params) -> dict[str, torch.Tensor]:
+    if not ratios:
+        return {}
     flat = torch.cat([r.flatten() for r in ratios.values()])
     if params.selection == "threshold":
         cutoff_mask = flat > params.ratio_threshold

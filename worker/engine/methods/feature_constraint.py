@@ -73,6 +73,12 @@ class Params(MethodParams):
         2000, ge=10, le=100_000,
         description="Forget and test rows sampled for the per-epoch stopping check.",
     )
+    repair_epochs: int = Field(
+        0, ge=0, le=100,
+        description="Passes of cross-entropy alone over a fresh recover subset once the "
+                    "forget task has stopped, to win back retain accuracy the feature "
+                    "constraint cost (0: none).",
+    )
 
 
 # --- Loss balancing -------------------------------------------------------------------------
@@ -220,6 +226,8 @@ class _FeatureConstraintRun:
     def run(self) -> UnlearningOutcome:
         start = self.monitor.score(self.model, 0)
         stop_reason = "already-forgotten" if self._forgotten(start, start) else self._train(start)
+        if stop_reason != "already-forgotten":
+            self._repair()
         self.task.progress(1.0)
         return UnlearningOutcome(model=self.model.eval(), metrics=self._metrics(start, stop_reason))
 
@@ -243,6 +251,26 @@ class _FeatureConstraintRun:
                 if self._forgotten(score, start):
                     return "forgotten"
         return "max-epochs"
+
+    def _repair(self) -> None:
+        """Cross-entropy on recover subsets only: the forget task's collateral damage falls on
+        features the retained data shares, and these few steps restore them."""
+        for epoch in range(1, self.params.repair_epochs + 1):
+            self.model.train()
+            freeze_norm_statistics(self.model)
+            losses = [self._recover_step(batch)
+                      for batch in self._cycled(self._recover_subset(), self._recover_steps())]
+            score = self.monitor.score(self.model, len(self.history) + 1)
+            self.history.append({**score.as_dict(), "phase": "repair", "repair_epoch": epoch,
+                                 "recover_loss": sum(losses) / max(1, len(losses))})
+
+    def _recover_step(self, batch: Batch) -> float:
+        x, y = batch[0].to(self.task.device), batch[1].to(self.task.device)
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
 
     def _train_epoch(self) -> list[float]:
         """One pass; returns the epoch-mean forget and recover losses."""
@@ -277,13 +305,25 @@ class _FeatureConstraintRun:
         batches; the other set is cycled (reshuffled on each pass)."""
         data, size = self.task.data, self.params.batch_size
         forget = (data.x_train[data.forget_idx], data.y_train[data.forget_idx])
-        take = min(self.params.recover_max_samples,
-                   math.ceil(self.params.recover_fraction * len(data.retain_idx)))
-        rows = data.retain_idx[random_rows(len(data.retain_idx), take, self.generator)]
-        recover = (data.x_train[rows], data.y_train[rows])
-        steps = max(math.ceil(len(forget[0]) / size), math.ceil(len(recover[0]) / size))
+        recover = self._recover_subset()
+        steps = max(math.ceil(len(forget[0]) / size), self._recover_steps())
         # Both yield `steps` batches; an empty retain set yields none and ends the epoch.
         return zip(self._cycled(forget, steps), self._cycled(recover, steps), strict=False)
+
+    def _recover_size(self) -> int:
+        retained = len(self.task.data.retain_idx)
+        return min(self.params.recover_max_samples,
+                   math.ceil(self.params.recover_fraction * retained))
+
+    def _recover_steps(self) -> int:
+        return math.ceil(self._recover_size() / self.params.batch_size)
+
+    def _recover_subset(self) -> Batch:
+        """A fresh random share of D_r (recover_fraction, at most recover_max_samples rows)."""
+        data = self.task.data
+        rows = data.retain_idx[random_rows(len(data.retain_idx), self._recover_size(),
+                                           self.generator)]
+        return data.x_train[rows], data.y_train[rows]
 
     def _cycled(self, tensors: Batch, steps: int) -> Iterator[Batch]:
         produced = 0
@@ -299,7 +339,8 @@ class _FeatureConstraintRun:
         final = self.balance.weights()
         return {
             "stop_reason": stop_reason,
-            "epochs_run": len(self.history),
+            "epochs_run": sum(1 for entry in self.history if "phase" not in entry),
+            "repair_epochs_run": sum(1 for entry in self.history if "phase" in entry),
             "balance": self.params.balance,
             "balance_weights": dict(zip(TASKS, final, strict=True)),
             "start": start.as_dict(),
