@@ -231,6 +231,16 @@ def test_deepclean_finetunes_only_reset_weights(digits, model):
     assert moved > 0
 
 
+def test_deepclean_finetune_scope_all_trains_every_weight(digits, model):
+    task = make_task(model, digits, class_rows(digits))
+    reset_only = run_method("deepclean", task, finetune_epochs=0).model
+    finetuned = run_method("deepclean", task, finetune_epochs=1, finetune_scope="all").model
+    kept = [(reset != 0) for reset in reset_only.parameters()]
+    moved = sum(int((tuned[mask] != reset[mask]).sum()) for reset, tuned, mask
+                in zip(reset_only.parameters(), finetuned.parameters(), kept, strict=True))
+    assert moved > 0.5 * sum(int(mask.sum()) for mask in kept)
+
+
 # --- feature-constraint ----------------------------------------------------------------------
 
 def teacher_distance(net: nn.Module, x: torch.Tensor, seed: int = 0) -> float:

@@ -70,6 +70,12 @@ class Params(MethodParams):
     )
     finetune_epochs: int = Field(
         2, ge=0, le=100, description="Passes over D_r training the reset weights.")
+    finetune_scope: Literal["reset", "all"] = Field(
+        "reset",
+        description="Weights fine-tuning trains: only the reset ones (the paper's; every other "
+                    "weight stays bit-identical) or all of them (also lets the model use the "
+                    "capacity a forgotten class freed, as retraining does).",
+    )
     finetune_lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate of fine-tuning.")
     finetune_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of fine-tuning.")
     batch_size: int = Field(128, ge=1, le=8192, description="Fine-tuning batch size.")
@@ -222,10 +228,12 @@ def reset_weights(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
                     params: Params, generator: torch.Generator, progress: ProgressFn) -> None:
-    """Cross-entropy on D_r updating only the masked entries. Gradients outside the mask are
-    zeroed and there is no weight decay, so SGD's momentum buffers stay zero there and those
-    weights do not change by a single bit."""
+    """Cross-entropy on D_r updating only the masked entries (every entry for finetune_scope
+    'all'). Gradients outside the mask are zeroed and there is no weight decay, so SGD's
+    momentum buffers stay zero there and those weights do not change by a single bit."""
     named = dict(model.named_parameters())
+    if params.finetune_scope == "all":
+        masks = {name: torch.ones_like(mask) for name, mask in masks.items()}
     trainable = {name: named[name] for name, mask in masks.items() if mask.any()}
     if not trainable or params.finetune_epochs == 0:
         return
