@@ -203,7 +203,7 @@ def test_a_burst_of_requests_is_coalesced_and_fully_evidenced(worker, digits_npz
 
 
 def test_core_methods_run_on_the_celery_worker(worker, digits_npz, digits_weights):
-    from tests.test_core_methods_api import DIGITS_PARAMS
+    from tests.methods_fixtures import DIGITS_PARAMS
 
     with api_client() as api:
         _, model = register_digits(api, digits_npz, digits_weights)

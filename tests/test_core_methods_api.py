@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.methods_fixtures import DIGITS_PARAMS
 from tests.test_api_flow import register_digits, sample_ids
-
-# Digits is tiny: a few steps of the papers' CIFAR defaults barely move an MLP (see README).
-DIGITS_PARAMS = {
-    "feature-constraint": {"epochs": 100, "lr": 0.002, "recover_fraction": 0.5},
-    "projected-gradient": {"gamma": 0.8, "lr_start": 0.5, "lr_end": 0.1},
-    "deepclean": {},
-}
 
 
 @pytest.mark.slow

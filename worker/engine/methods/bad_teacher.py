@@ -29,7 +29,7 @@ from worker.engine.training import iterate_batches, seeded_generator
 
 class Params(MethodParams):
     epochs: int = Field(1, ge=1, le=100, description="Passes over D_f ∪ the D_r sample.")
-    lr: float = Field(5e-3, gt=0, le=10, description="Adam learning rate.")
+    lr: float = Field(5e-4, gt=0, le=10, description="Adam learning rate.")
     batch_size: int = Field(
         32, ge=1, le=8192, description="Rows per step, forget and retain rows mixed.")
     retain_fraction: float = Field(

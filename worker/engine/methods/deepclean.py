@@ -42,7 +42,7 @@ class Params(MethodParams):
     fisher_forget_samples: int = Field(
         5000, ge=1, le=1_000_000, description="At most this many D_f rows enter F_f.")
     fisher_retain_samples: int = Field(
-        2000, ge=1, le=1_000_000, description="D_r rows sampled for F_r.")
+        1000, ge=1, le=1_000_000, description="D_r rows sampled for F_r.")
     fisher_chunk: int = Field(
         32, ge=1, le=4096,
         description="Samples whose per-sample gradients are held in memory at once.",
@@ -76,7 +76,7 @@ class Params(MethodParams):
                     "weight stays bit-identical) or all of them (also lets the model use the "
                     "capacity a forgotten class freed, as retraining does).",
     )
-    finetune_lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate of fine-tuning.")
+    finetune_lr: float = Field(0.03, gt=0, le=10, description="SGD learning rate of fine-tuning.")
     finetune_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of fine-tuning.")
     batch_size: int = Field(128, ge=1, le=8192, description="Fine-tuning batch size.")
     eval_samples: int = Field(

@@ -37,8 +37,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class Params(MethodParams):
     epochs: int = Field(20, ge=1, le=500, description="Upper bound on epochs; stops early.")
     optimizer: Literal["adam", "sgd"] = Field(
-        "adam", description="Optimizer of the model (SGD uses momentum 0.9).")
-    lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the model.")
+        "sgd", description="Optimizer of the model (SGD uses momentum 0.9).")
+    lr: float = Field(0.01, gt=0, le=10, description="Learning rate of the model.")
     batch_size: int = Field(128, ge=1, le=8192, description="Samples per step of each task.")
     feature_layer: str = Field(
         "features", min_length=1, max_length=200,
@@ -46,7 +46,7 @@ class Params(MethodParams):
                     "('features' is the penultimate representation, the classifier's input).",
     )
     recover_fraction: float = Field(
-        0.1, gt=0, le=1, description="Share of D_r drawn afresh each epoch for the recover task.")
+        0.3, gt=0, le=1, description="Share of D_r drawn afresh each epoch for the recover task.")
     recover_max_samples: int = Field(
         5000, ge=1, le=1_000_000, description="Cap on the recover subset's size.")
     balance: Literal["uncertainty", "dwa", "fixed"] = Field(
@@ -74,7 +74,7 @@ class Params(MethodParams):
         description="Forget and test rows sampled for the per-epoch stopping check.",
     )
     repair_epochs: int = Field(
-        0, ge=0, le=100,
+        4, ge=0, le=100,
         description="Passes of cross-entropy alone over a fresh recover subset once the "
                     "forget task has stopped, to win back retain accuracy the feature "
                     "constraint cost (0: none).",

@@ -33,8 +33,8 @@ class Params(MethodParams):
         0.99, ge=0, le=1,
         description="α: weight of the retain loss; the forget loss is ascended with weight 1−α.",
     )
-    epochs: int = Field(10, ge=1, le=100, description="Passes over D_r.")
-    lr: float = Field(0.05, gt=0, le=10, description="SGD learning rate.")
+    epochs: int = Field(3, ge=1, le=100, description="Passes over D_r.")
+    lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="SGD weight decay.")
     batch_size: int = Field(

@@ -23,8 +23,8 @@ from worker.engine.training import seeded_generator
 
 
 class Params(MethodParams):
-    epochs: int = Field(5, ge=1, le=100, description="Passes over D_r ∪ D_f (relabelled).")
-    lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate.")
+    epochs: int = Field(2, ge=1, le=100, description="Passes over D_r ∪ D_f (relabelled).")
+    lr: float = Field(0.005, gt=0, le=10, description="SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="SGD weight decay.")
     batch_size: int = Field(64, ge=1, le=8192, description="Rows per step, D_r and D_f mixed.")

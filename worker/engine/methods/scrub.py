@@ -39,10 +39,10 @@ class Params(MethodParams):
     epochs: int = Field(
         5, ge=1, le=100, description="Epochs; each ends with a min-step pass over D_r.")
     max_epochs: int = Field(
-        3, ge=0, le=100,
+        1, ge=0, le=100,
         description="The first this many epochs start with a max-step pass over D_f.",
     )
-    lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate.")
+    lr: float = Field(0.001, gt=0, le=10, description="SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="SGD weight decay.")
     temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature of the KL.")
