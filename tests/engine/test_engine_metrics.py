@@ -11,6 +11,7 @@ from torch import nn
 from worker.engine.architectures import Classifier
 from worker.engine.methods import UnlearningData
 from worker.engine.metrics import (
+    DivergedModelError,
     accuracy,
     evaluate,
     js_divergence,
@@ -101,6 +102,13 @@ def test_mia_on_identical_distributions_is_a_coin_toss():
                                                seed=seed))
     assert all(0.0 <= score <= 1.0 for score in scores)
     assert 0.35 < sum(scores) / len(scores) < 0.65
+
+
+def test_mia_on_a_diverged_model_says_so():
+    labels = torch.zeros(10, dtype=torch.long)
+    fine, diverged = torch.zeros(10, K), torch.full((10, K), float("nan"))
+    with pytest.raises(DivergedModelError, match="diverged"):
+        mia_efficacy_from_logits((fine, labels), (fine, labels), (diverged, labels), seed=0)
 
 
 def test_js_divergence():
