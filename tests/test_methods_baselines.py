@@ -112,12 +112,15 @@ def random_task(digits: Digits) -> UnlearningTask:
 
 
 # The defaults were tuned on the CIFAR-10 subset of the `cpu` bench preset (benchmarks/tuning/);
-# on 1,400 digits an epoch is some twenty steps, and these three need the papers' stronger
-# settings to forget a class in that many.
+# on 1,400 digits an epoch is some twenty steps, and these need the papers' stronger settings
+# to forget a class in that many.
 DIGITS_PARAMS = {
     "neggrad": {"lr": 0.05, "epochs": 10},
     "bad-teacher": {"lr": 5e-3},
     "scrub": {"lr": 0.01, "max_epochs": 3},
+    "ssd": {"alpha": 10.0},
+    "l1-sparse": {"lr": 0.1, "epochs": 10},
+    "unsir": {"impair_lr": 0.02, "repair_lr": 0.01},
 }
 
 

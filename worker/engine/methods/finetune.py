@@ -22,7 +22,7 @@ DEFAULT_LR_DIVISOR = 5
 
 
 class FinetuneParams(MethodParams):
-    epochs: int = Field(5, ge=1, le=100, description="Passes over the retained data.")
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the retained data.")
     lr: float | None = Field(
         None, gt=0, le=10,
         description="Learning rate; default a fifth of the training recipe's (0.01 for the "

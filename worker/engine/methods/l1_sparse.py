@@ -27,8 +27,8 @@ from worker.engine.training import seeded_generator
 class Params(MethodParams):
     alpha: float = Field(
         5e-4, ge=0, le=1, description="α: weight of ‖θ‖₁ in the first epoch, decaying to 0.")
-    epochs: int = Field(10, ge=1, le=100, description="T: passes over D_r.")
-    lr: float = Field(0.1, gt=0, le=10, description="SGD learning rate.")
+    epochs: int = Field(3, ge=1, le=100, description="T: passes over D_r.")
+    lr: float = Field(0.01, gt=0, le=10, description="SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     weight_decay: float = Field(5e-4, ge=0, le=1, description="SGD weight decay.")
     batch_size: int = Field(32, ge=1, le=8192, description="Retain rows per step.")

@@ -53,9 +53,9 @@ class Params(MethodParams):
     retain_per_class: int = Field(
         500, ge=1, le=1_000_000, description="D_r rows sampled per class for impair and repair.")
     impair_epochs: int = Field(1, ge=1, le=100, description="Passes over noise ∪ retain sample.")
-    impair_lr: float = Field(0.02, gt=0, le=10, description="Adam learning rate of impairing.")
+    impair_lr: float = Field(0.001, gt=0, le=10, description="Adam learning rate of impairing.")
     repair_epochs: int = Field(1, ge=0, le=100, description="Passes over the retain sample.")
-    repair_lr: float = Field(0.01, gt=0, le=10, description="Adam learning rate of repairing.")
+    repair_lr: float = Field(0.001, gt=0, le=10, description="Adam learning rate of repairing.")
     batch_size: int = Field(64, ge=1, le=8192, description="Rows per step of impair and repair.")
 
 
