@@ -5,6 +5,7 @@ subset keeps the rest of the model working; the two losses are weighed adaptivel
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 from typing import Literal
@@ -24,6 +25,7 @@ from worker.engine.methods._base import (
 from worker.engine.methods._common import (
     EpochScore,
     ForgetMonitor,
+    accuracy,
     freeze_norm_statistics,
     random_rows,
     working_copy,
@@ -70,7 +72,7 @@ class Params(MethodParams):
                     "Random forgetting stops once it is at most the starting test accuracy.",
     )
     eval_samples: int = Field(
-        2000, ge=10, le=100_000,
+        500, ge=10, le=100_000,
         description="Forget and test rows sampled for the per-epoch stopping check.",
     )
     repair_epochs: int = Field(
@@ -254,15 +256,24 @@ class _FeatureConstraintRun:
 
     def _repair(self) -> None:
         """Cross-entropy on recover subsets only: the forget task's collateral damage falls on
-        features the retained data shares, and these few steps restore them."""
+        features the retained data shares, and these few steps restore them. Restoring those
+        features can bring a forgotten class back, so after class forgetting an epoch that
+        lifts forget accuracy above the target is undone and the repair ends."""
         for epoch in range(1, self.params.repair_epochs + 1):
+            before = copy.deepcopy(self.model.state_dict())
             self.model.train()
             freeze_norm_statistics(self.model)
             losses = [self._recover_step(batch)
                       for batch in self._cycled(self._recover_subset(), self._recover_steps())]
-            score = self.monitor.score(self.model, len(self.history) + 1)
-            self.history.append({**score.as_dict(), "phase": "repair", "repair_epoch": epoch,
-                                 "recover_loss": sum(losses) / max(1, len(losses))})
+            forget_acc = accuracy(self.model, self.monitor.forget_x, self.monitor.forget_y,
+                                  self.task.device)
+            entry = {"phase": "repair", "repair_epoch": epoch, "forget_acc": forget_acc,
+                     "recover_loss": sum(losses) / max(1, len(losses))}
+            if self.monitor.class_forgetting and forget_acc > self.params.class_target_acc:
+                self.model.load_state_dict(before)
+                self.history.append(entry | {"undone": True})
+                return
+            self.history.append(entry)
 
     def _recover_step(self, batch: Batch) -> float:
         x, y = batch[0].to(self.task.device), batch[1].to(self.task.device)
@@ -340,7 +351,8 @@ class _FeatureConstraintRun:
         return {
             "stop_reason": stop_reason,
             "epochs_run": sum(1 for entry in self.history if "phase" not in entry),
-            "repair_epochs_run": sum(1 for entry in self.history if "phase" in entry),
+            "repair_epochs_run": sum(1 for entry in self.history
+                                     if "phase" in entry and not entry.get("undone")),
             "balance": self.params.balance,
             "balance_weights": dict(zip(TASKS, final, strict=True)),
             "start": start.as_dict(),
