@@ -276,6 +276,20 @@ def test_feature_constraint_repair_wins_back_retain_accuracy(digits, model):
     assert after.forget <= 2.0  # repairing on D_r does not bring the class back
 
 
+def test_feature_constraint_undoes_a_repair_that_leaves_the_class_known(digits, model):
+    # Half the class stays in D_r, so cross-entropy on D_r keeps the other half recognised.
+    rows = class_rows(digits)
+    task = make_task(model, digits, rows[: len(rows) // 2], forget_classes=[FORGOTTEN_CLASS])
+    settings = {"lr": 0.01, "recover_fraction": 0.5}
+    without = run_method("feature-constraint", task, **settings, repair_epochs=0)
+    guarded = run_method("feature-constraint", task, **settings, repair_epochs=4)
+    last = guarded.metrics["history"][-1]
+    assert last["phase"] == "repair" and last["undone"] and last["repair_epoch"] == 1
+    assert last["forget_acc"] > 1.0  # above the class target
+    assert guarded.metrics["repair_epochs_run"] == 0
+    assert weights_equal(guarded.model, without.model)
+
+
 # --- every core method ----------------------------------------------------------------------
 
 class TinyConvNet(Classifier):
