@@ -67,11 +67,11 @@ SMOKE = Preset(
     torch_threads=1,
 )
 
-# Calibrated on 2 CPU cores shared with other work, one thread: the original model trains in
-# about 75 s (train 77%, test 67% accuracy), retrain takes about 70 s, and all twelve methods on
-# both scenarios with their evaluations about 10 minutes per seed: some 40 minutes in all.
-# Most of that is the baselines' five epochs over D_r, so the subset, not the recipe's epochs,
-# sets the time; fewer epochs would only shrink every speed-up.
+# Calibrated on 2 CPU cores, one thread: the original model trains in about 75 s (train 77%,
+# test 67% accuracy), retrain takes about 70 s per scenario, and all twelve methods on both
+# scenarios with their evaluations about 6 minutes per seed: some 25 minutes in all.
+# Most of that is retraining and the gradient baselines' passes over D_r, so the subset, not
+# the recipe's epochs, sets the time; fewer epochs would only shrink every speed-up.
 CPU = Preset(
     name="cpu",
     description="A CIFAR-10 subset and a small VGG, three seeds: under an hour on a CPU.",
