@@ -22,7 +22,7 @@ FORGOTTEN_CLASS = 3
 DIGITS_PARAMS = {
     "feature-constraint": {"optimizer": "adam", "epochs": 100, "lr": 2e-3,
                            "recover_fraction": 0.5},
-    "projected-gradient": {"gamma": 0.8, "lr_start": 0.5, "lr_end": 0.1},
+    "projected-gradient": {"gamma": 0.8, "lr_start": 0.5, "lr_end": 0.1, "max_epochs": 100},
     "deepclean": {},
 }
 

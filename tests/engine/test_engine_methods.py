@@ -51,7 +51,7 @@ def test_baselines_are_registered_with_typed_params():
         method = METHODS.get(name)
         assert method.summary and method.reference
         assert "seed" in method.params_schema()["properties"]
-    assert METHODS.get("finetune").Params().epochs == 5
+    assert METHODS.get("finetune").Params().epochs == 3
     with pytest.raises(ValidationError):
         METHODS.get("finetune").Params(epochs=0)
     with pytest.raises(ValidationError):
@@ -75,7 +75,7 @@ def test_finetune_lowers_forget_accuracy_and_leaves_the_base_model(setting):
     after = evaluate(outcome.model, data, CPU, seed=0)
     assert after["forget_accuracy"] < before["forget_accuracy"] - 0.02
     assert after["retain_accuracy"] > 0.95
-    assert outcome.metrics == {"epochs": 5, "lr": pytest.approx(RECIPE.lr / 5)}
+    assert outcome.metrics == {"epochs": 3, "lr": pytest.approx(RECIPE.lr / 5)}
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, weights[name])
 
