@@ -94,10 +94,11 @@ def test_killed_worker_process_job_finishes_exactly_once(worker, digits_npz, dig
     with api_client() as api:
         _, model = register_digits(api, digits_npz, digits_weights)
         response = api.post(f"/v1/models/{model['id']}/deletion-requests",
+                            # Long enough (some 10 s) that the kill lands mid-job.
                             json={"classes": [2], "method": "retrain",
-                                  "params": {"epochs": 60}})
+                                  "params": {"epochs": 250}})
         job_id = response.json()["job_id"]
-        wait_until(lambda: api.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.1, 120,
+        wait_until(lambda: api.get(f"/v1/jobs/{job_id}").json()["progress"] > 0.05, 120,
                    "the job to make progress")
         children = worker.pool_children()
         assert children, "the worker has no pool process"
