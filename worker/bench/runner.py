@@ -25,7 +25,13 @@ from worker.bench.scoring import Trial, percent_scores, summarise
 from worker.engine.architectures import Classifier, build_model
 from worker.engine.device import pick_device
 from worker.engine.methods import METHODS, ProgressFn, UnlearningData, UnlearningTask
-from worker.engine.metrics import accuracy, evaluate, js_divergence, predict_logits
+from worker.engine.metrics import (
+    accuracy,
+    ensure_finite,
+    evaluate,
+    js_divergence,
+    predict_logits,
+)
 from worker.engine.training import TrainingRecipe, seeded, train
 
 REFERENCE = "retrain"
@@ -225,9 +231,8 @@ class BenchRunner:
     def _score(self, trial: Trial, model: Classifier, setting: Setting) -> torch.Tensor:
         """Fill in the trial's scores; returns the model's logits on D_f."""
         data = setting.data
-        forget_logits = predict_logits(model, data.x_train[data.forget_idx], self.device)
-        if not torch.isfinite(forget_logits).all():
-            raise FloatingPointError("the unlearned model outputs NaN or infinity (diverged)")
+        forget_logits = ensure_finite(
+            predict_logits(model, data.x_train[data.forget_idx], self.device))
         trial.scores = percent_scores(
             evaluate(model, evaluation_data(data), self.device, setting.seed))
         return forget_logits

@@ -66,12 +66,18 @@ class DivergedModelError(FloatingPointError):
     """The model's outputs are not finite: the unlearning run diverged."""
 
 
-def mia_features(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Per sample: the true class's softmax confidence and the output entropy (``N×2``)."""
+def ensure_finite(logits: torch.Tensor) -> torch.Tensor:
+    """The logits, unchanged; DivergedModelError when any is NaN or infinite."""
     if not torch.isfinite(logits).all():
         raise DivergedModelError(
             "the unlearned model outputs NaN or infinity: the method diverged; run it again "
             "with a lower learning rate")
+    return logits
+
+
+def mia_features(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Per sample: the true class's softmax confidence and the output entropy (``N×2``)."""
+    ensure_finite(logits)
     probs = F.softmax(logits.double(), dim=1)
     confidence = probs.gather(1, y.cpu().long()[:, None]).squeeze(1)
     entropy = torch.special.entr(probs).sum(dim=1)
