@@ -259,8 +259,9 @@ class _FeatureConstraintRun:
         features the retained data shares, and these few steps restore them. Restoring those
         features can bring a forgotten class back, so after class forgetting an epoch that
         lifts forget accuracy above the target is undone and the repair ends."""
+        guarded = self.monitor.class_forgetting
         for epoch in range(1, self.params.repair_epochs + 1):
-            before = copy.deepcopy(self.model.state_dict())
+            before = copy.deepcopy(self.model.state_dict()) if guarded else None
             self.model.train()
             freeze_norm_statistics(self.model)
             losses = [self._recover_step(batch)
@@ -269,7 +270,7 @@ class _FeatureConstraintRun:
                                   self.task.device)
             entry = {"phase": "repair", "repair_epoch": epoch, "forget_acc": forget_acc,
                      "recover_loss": sum(losses) / max(1, len(losses))}
-            if self.monitor.class_forgetting and forget_acc > self.params.class_target_acc:
+            if guarded and forget_acc > self.params.class_target_acc:
                 self.model.load_state_dict(before)
                 self.history.append(entry | {"undone": True})
                 return

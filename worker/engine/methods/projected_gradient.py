@@ -122,7 +122,7 @@ def _accumulate_hook(total: torch.Tensor):
         rows_per_sample = output.numel() // (len(x) * channels)
         samples = max(1, _ROW_ELEMENTS_PER_CHUNK // (rows_per_sample * total.shape[0]))
         for chunk in x.split(samples):
-            # Products in float32 (4-8x faster on CPUs), sums across chunks in float64.
+            # Products in float32 (faster on CPUs), sums across chunks in float64.
             rows = _input_rows(layer, chunk).float()
             total.add_((rows.T @ rows).double())
 
