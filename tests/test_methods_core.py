@@ -135,7 +135,9 @@ def test_chained_requests_keep_reduced_matrices(digits, model):
             task.data.x_train[task.data.retain_idx] = float("nan")
         removed = representation_matrices(base, digits.x_train[forget], device=CPU)
         expected = {name: matrix - removed[name] for name, matrix in expected.items()}
-        outcome = run_method("projected-gradient", task, max_epochs=3)
+        # Every row, so the expected matrices need no sampling.
+        outcome = run_method("projected-gradient", task, max_epochs=3,
+                             representation_samples=10**6)
         assert outcome.metrics["state_source"] == ("computed" if state is None else "cached")
         base, state, gone = outcome.model, outcome.state, torch.cat([gone, forget])
         assert all(torch.isfinite(p).all() for p in base.parameters())
@@ -145,6 +147,30 @@ def test_chained_requests_keep_reduced_matrices(digits, model):
     rows = torch.arange(len(digits.x_train))
     remaining = digits.x_train[~torch.isin(rows, gone)].double()
     assert torch.allclose(state["features.1"], remaining.T @ remaining, rtol=1e-9, atol=1e-9)
+
+
+def test_first_request_estimates_matrices_from_a_sample(digits, model):
+    task = make_task(model, digits, random_rows(digits))
+    exact = run_method("projected-gradient", task, max_epochs=1,
+                       representation_samples=10**6).state
+    sampled = run_method("projected-gradient", task, max_epochs=1,
+                         representation_samples=500).state
+    for name, matrix in exact.items():
+        # Scaled to all of D: an unscaled sum of 500 of 1,437 rows would be off by about 65%.
+        assert (sampled[name] - matrix).norm() < 0.15 * matrix.norm(), name
+
+
+def test_random_forgetting_never_chases_a_falling_test_accuracy(digits, model):
+    # A reckless step damages the whole model; forget accuracy then falls to the *current*
+    # test accuracy only once both are near chance. The stop rule holds the starting level
+    # and undoes an epoch that costs more test accuracy than max_retain_drop.
+    task = make_task(model, digits, random_rows(digits))
+    outcome = run_method("projected-gradient", task, gamma=0.5, lr_start=10.0, lr_end=10.0,
+                         max_epochs=20, max_retain_drop=5.0)
+    start_test = outcome.metrics["history"][0]["test_acc"]
+    final = measure(outcome.model, task)
+    assert final.test >= start_test - 5.0
+    assert outcome.metrics["stop_reason"] in {"forgotten", "retain-drop"}
 
 
 def test_projected_gradient_changes_only_layer_weights(digits, model):
