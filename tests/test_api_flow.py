@@ -96,6 +96,19 @@ def test_forget_a_class_then_chain_versions(sqlite_api, digits_npz, digits_weigh
     assert job1["metrics"]["retain_accuracy"] > 0.9
 
 
+@pytest.mark.slow
+def test_a_request_naming_no_method_gets_the_default(sqlite_api, digits_npz, digits_weights):
+    # random-label: the benchmark's best method that keeps no per-version state (README).
+    api = sqlite_api
+    _, model = register_digits(api, digits_npz, digits_weights)
+    response = api.post(f"/v1/models/{model['id']}/deletion-requests", json={"classes": [7]})
+    assert response.status_code == 202, response.text
+    job = api.wait_for_job(response.json()["job_id"])
+    assert job["status"] == "succeeded" and job["method"] == "random-label", job
+    assert job["metrics"]["forget_accuracy"] < 0.05
+    assert job["metrics"]["retain_accuracy"] > 0.9
+
+
 def test_cancel_queued_job(configure, digits_npz, digits_weights):
     from tests.conftest import api_client
 

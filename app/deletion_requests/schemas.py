@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.core.db import utcnow
 from app.jobs.schemas import JobOut
 
-DEFAULT_METHOD = "finetune"
+DEFAULT_METHOD = "random-label"
 
 
 class DeletionRequestIn(BaseModel):
