@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,12 +12,15 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from worker.bench import BenchConfigError, parse_csv
+from worker.bench.cache import ModelCache
 from worker.bench.data import BenchData
-from worker.bench.runner import run_bench
+from worker.bench.presets import get_preset
+from worker.bench.runner import BenchRunner, plan_contenders, run_bench
 from worker.bench.scenarios import draw_forget_set
 from worker.bench.scoring import Trial, summarise
 from worker.bench.tune import choose, grid_points, run_tune
 from worker.engine.methods import METHODS
+from worker.engine.training import TrainingRecipe
 
 FAST_METHODS = ["retrain", "finetune", "deepclean"]
 PERCENT_KEYS = ("ua", "ra", "ta", "mia", "avg_gap")
@@ -130,6 +134,28 @@ def test_a_diverging_method_becomes_a_failed_row(smoke, tmp_path, monkeypatch):
     failed = rows_by(output.results)[("class", "finetune")]
     assert failed["avg_gap"] is None and "NaN" in failed["errors"][0]
     assert "| finetune | failed |" in output.paths["markdown"].read_text()
+
+
+@pytest.mark.slow
+def test_every_method_runs_on_the_gpu_presets_architecture(tmp_path):
+    # The gpu preset (ResNet-18) has no GPU to run on in CI: its architecture, narrowed, on
+    # small random images, through every method and both scenarios, is what can be checked.
+    preset = replace(get_preset("gpu"), architecture_config={"width": 4},
+                     recipe=TrainingRecipe(epochs=2, batch_size=32, lr=0.05))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(240, 3, 16, 16, generator=generator)
+    labels = torch.arange(240) % 4
+    data = BenchData(name="random", sha256="0" * 64, classes=list("abcd"),
+                     input_shape=(3, 16, 16), x_train=images[:200], y_train=labels[:200],
+                     x_test=images[200:], y_test=labels[200:])
+    runner = BenchRunner(preset, data, ModelCache(tmp_path), device=torch.device("cpu"))
+    contenders = plan_contenders(preset, None)
+    trials = runner.run(contenders, ("random-10", "class"), (0,), show_progress=False)
+    assert {trial.method for trial in trials} == set(METHODS.names())
+    assert len(trials) == 2 * len(contenders)
+    for trial in trials:
+        assert trial.error is None, (trial.scenario, trial.method, trial.error)
+        assert all(0.0 <= value <= 100.0 for value in trial.scores.values())
 
 
 def test_cli_rejects_unknown_names(tmp_path):
