@@ -133,7 +133,9 @@ def bench(
     tune: Annotated[str | None, typer.Option(
         help="Sweep this method's --grid on a validation split instead.")] = None,
     grid: Annotated[str | None, typer.Option(
-        help='JSON object of value lists, e.g. \'{"lr": [0.001, 0.01]}\'.')] = None,
+        help='JSON object of value lists, e.g. \'{"lr": [0.001, 0.01]}\'; include the '
+             "current defaults' values to compare every setting with them, seed by seed.")
+    ] = None,
 ) -> None:
     """Benchmark unlearning methods against retraining (or tune one with --tune)."""
     from worker.bench import BenchConfigError, parse_csv

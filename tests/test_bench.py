@@ -18,7 +18,7 @@ from worker.bench.presets import get_preset
 from worker.bench.runner import BenchRunner, plan_contenders, run_bench
 from worker.bench.scenarios import draw_forget_set
 from worker.bench.scoring import Trial, summarise
-from worker.bench.tune import choose, grid_points, run_tune
+from worker.bench.tune import choose, grid_points, run_tune, versus_defaults
 from worker.engine.methods import METHODS
 from worker.engine.training import TrainingRecipe
 
@@ -106,14 +106,19 @@ def test_second_run_reuses_the_cached_original(smoke):
 @pytest.mark.slow
 def test_tune_sweeps_on_a_validation_split(smoke, tmp_path):
     _, root = smoke
-    output = run_tune("smoke", "finetune", {"epochs": [1, 2]}, tmp_path, scenarios=["class"],
+    output = run_tune("smoke", "finetune", {"epochs": [1, 3]}, tmp_path, scenarios=["class"],
                       cache_dir=root / "cache", min_speedup=1.0, show_progress=False)
     results = output.results
     assert results["dataset"]["test_split"] == "validation"
     assert results["dataset"]["num_train"] + results["dataset"]["num_test"] == 1437
-    assert [row["label"] for row in results["rows"]] == ["retrain", "epochs=1", "epochs=2"]
-    assert results["tune"]["chosen"]["params"] in ({"epochs": 1}, {"epochs": 2})
-    assert output.paths["markdown"].read_text().count("## Chosen values for `finetune`") == 1
+    assert [row["label"] for row in results["rows"]] == ["retrain", "epochs=1", "epochs=3"]
+    assert results["tune"]["chosen"]["params"] in ({"epochs": 1}, {"epochs": 3})
+    # finetune's default is 3 epochs: the other setting is compared with it, seed by seed.
+    assert results["tune"]["versus_defaults"]["defaults"] == "epochs=3"
+    assert list(results["tune"]["versus_defaults"]["points"]) == ["epochs=1"]
+    text = output.paths["markdown"].read_text()
+    assert text.count("## Chosen values for `finetune`") == 1
+    assert "Against the current defaults (`epochs=3`)" in text
 
 
 @pytest.mark.slow
@@ -215,6 +220,28 @@ def test_grid_points_and_choice():
     assert choose(rows, labelled, min_speedup=10.0)["params"] == {"lr": 0.01}
     best = choose(rows, labelled, min_speedup=50.0)
     assert best["params"] == {"lr": 0.1} and best["met_min_speedup"] is False
+
+
+def test_settings_are_compared_with_the_defaults_seed_by_seed():
+    def row(label, scenario, gaps):
+        return {"label": label, "scenario": scenario,
+                "per_seed": [{"seed": seed, "avg_gap": gap} if gap is not None
+                             else {"seed": seed, "error": "diverged"}
+                             for seed, gap in enumerate(gaps)]}
+
+    rows = [row("lr=0.1", "random-10", [4.0, 2.0, 3.0, 1.0]),
+            row("lr=0.1", "class", [2.0, 2.0, 1.0, 1.0]),
+            row("lr=0.01", "random-10", [2.0, 3.0, 1.0, None]),
+            row("lr=0.01", "class", [2.0, 1.0, 1.0, 1.0])]
+    labelled = {"lr=0.1": {"lr": 0.1}, "lr=0.01": {"lr": 0.01}}
+    comparison = versus_defaults(rows, labelled, {"lr": 0.1, "epochs": 3})
+    assert comparison["defaults"] == "lr=0.1"
+    point = comparison["points"]["lr=0.01"]
+    # Per seed, over scenarios: defaults 3, 2, 2; the setting 2, 2, 1 (seed 3 failed).
+    assert point["seeds"] == 3 and point["better_on"] == 2
+    assert point["gap_change"] == pytest.approx(-2 / 3, abs=1e-4)
+    assert point["standard_error"] == pytest.approx((1 / 3) ** 0.5 / 3 ** 0.5, abs=1e-4)
+    assert versus_defaults(rows, labelled, {"lr": 0.5}) is None
 
 
 def test_parse_csv():

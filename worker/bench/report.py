@@ -63,7 +63,21 @@ def _tuning(tune: dict[str, Any]) -> list[str]:
         f" No setting reached {tune['min_speedup']:g}x; this is the lowest gap of all.")
     return [*lines, f"**{json.dumps(chosen['params'])}**: Avg. Gap {chosen['avg_gap']:.2f} "
                     f"(mean over scenarios), speed-up at least {chosen['speedup']:.1f}x."
-                    + shortfall]
+                    + shortfall, *_versus_defaults(tune.get("versus_defaults"))]
+
+
+def _versus_defaults(comparison: dict[str, Any] | None) -> list[str]:
+    if not comparison or not comparison["points"]:
+        return []
+    lines = ["", f"Against the current defaults (`{comparison['defaults']}`), paired by seed: "
+                 "the change in Avg. Gap (mean over scenarios; negative is closer to retrain) "
+                 "± its standard error, and the seeds where the setting was better.", "",
+             "| setting | gap change | better on |", "|---|---|---|"]
+    for label, point in comparison["points"].items():
+        error = "" if point["standard_error"] is None else f" ± {point['standard_error']:.2f}"
+        lines.append(f"| {label} | {point['gap_change']:+.2f}{error} | "
+                     f"{point['better_on']} of {point['seeds']} |")
+    return lines
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:

@@ -24,6 +24,7 @@ from worker.bench.runner import (
     plan_seeds,
     resolve_preset,
 )
+from worker.engine.methods import METHODS
 
 
 def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
@@ -48,9 +49,11 @@ def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
     runner = BenchRunner(chosen, data, ModelCache(cache_dir))
     trials = runner.run(contenders, scenario_names, seed_list, show_progress)
     results = runner.results(trials, scenario_names, seed_list)
+    defaults = METHODS.get(method).Params().model_dump(mode="json") | chosen.params_for(method)
     results["tune"] = {"method": method, "grid": grid, "min_speedup": min_speedup,
                        "criterion": CRITERION.format(min_speedup=min_speedup),
-                       "chosen": choose(results["rows"], labelled, min_speedup)}
+                       "chosen": choose(results["rows"], labelled, min_speedup),
+                       "versus_defaults": versus_defaults(results["rows"], labelled, defaults)}
     results["seconds"] = round(time.perf_counter() - started, 1)
     return BenchOutput(results, write_report(results, Path(out), stem="tune"))
 
@@ -87,6 +90,42 @@ def choose(rows: list[dict[str, Any]], labelled: dict[str, dict[str, Any]],
         return None
     best = min(pool, key=lambda candidate: candidate["avg_gap"])
     return best | {"met_min_speedup": bool(fast)}
+
+
+def versus_defaults(rows: list[dict[str, Any]], labelled: dict[str, dict[str, Any]],
+                    defaults: dict[str, Any]) -> dict[str, Any] | None:
+    """Each setting against the grid's point that equals the current defaults, paired by seed:
+    the mean change of the Avg. Gap (averaged over scenarios), its standard error, and on how
+    many seeds the setting was better. Seeds share a forget set and a retrained reference, so
+    pairing removes most of the spread between them. None when no point is the defaults."""
+    label = next((label for label, point in labelled.items()
+                  if all(defaults.get(name) == value for name, value in point.items())), None)
+    if label is None:
+        return None
+    baseline = _gap_per_seed(rows, label)
+    points = {}
+    for other in labelled:
+        gaps = _gap_per_seed(rows, other)
+        changes = [gaps[seed] - baseline[seed] for seed in baseline if seed in gaps]
+        if other == label or not changes:
+            continue
+        error = statistics.stdev(changes) / len(changes) ** 0.5 if len(changes) > 1 else None
+        points[other] = {"gap_change": round(statistics.fmean(changes), 4),
+                         "standard_error": None if error is None else round(error, 4),
+                         "better_on": sum(change < 0 for change in changes),
+                         "seeds": len(changes)}
+    return {"defaults": label, "points": points}
+
+
+def _gap_per_seed(rows: list[dict[str, Any]], label: str) -> dict[int, float]:
+    """Seed → Avg. Gap averaged over the scenarios, for seeds where every scenario finished."""
+    by_seed: dict[int, list[float | None]] = {}
+    for row in rows:
+        if row["label"] == label:
+            for record in row["per_seed"]:
+                by_seed.setdefault(record["seed"], []).append(record.get("avg_gap"))
+    return {seed: statistics.fmean(gaps) for seed, gaps in by_seed.items()
+            if None not in gaps}
 
 
 def _candidate(label: str, point: dict[str, Any],
