@@ -104,10 +104,10 @@ def versus_defaults(rows: list[dict[str, Any]], labelled: dict[str, dict[str, An
         return None
     baseline = _gap_per_seed(rows, label)
     points = {}
-    for other in labelled:
+    for other in (other for other in labelled if other != label):
         gaps = _gap_per_seed(rows, other)
         changes = [gaps[seed] - baseline[seed] for seed in baseline if seed in gaps]
-        if other == label or not changes:
+        if not changes:
             continue
         error = statistics.stdev(changes) / len(changes) ** 0.5 if len(changes) > 1 else None
         points[other] = {"gap_change": round(statistics.fmean(changes), 4),
