@@ -136,6 +136,10 @@ def bench(
         help='JSON object of value lists, e.g. \'{"lr": [0.001, 0.01]}\'; include the '
              "current defaults' values to compare every setting with them, seed by seed.")
     ] = None,
+    validation: Annotated[str, typer.Option(
+        help="With --tune: 'carve' takes 10% of the training subset for validation; 'unused' "
+             "takes as many rows as the test subset from the training rows the preset's "
+             "subset leaves out.")] = "carve",
 ) -> None:
     """Benchmark unlearning methods against retraining (or tune one with --tune)."""
     from worker.bench import BenchConfigError, parse_csv
@@ -144,10 +148,13 @@ def bench(
 
     if (tune is None) != (grid is None):
         raise typer.BadParameter("--tune and --grid go together")
+    if validation != "carve" and tune is None:
+        raise typer.BadParameter("--validation applies to --tune sweeps only")
     try:
         common = {"scenarios": parse_csv(scenarios), "seeds": parse_csv(seeds, int),
                   "dataset": dataset, "cache_dir": cache}
-        output = (run_tune(preset, tune, json.loads(grid), out, **common) if tune else
+        output = (run_tune(preset, tune, json.loads(grid), out, validation=validation,
+                           **common) if tune else
                   run_bench(preset, out, methods=parse_csv(methods), **common))
     except (BenchConfigError, json.JSONDecodeError) as exc:
         raise typer.BadParameter(str(exc)) from None

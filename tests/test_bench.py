@@ -13,12 +13,13 @@ from typer.testing import CliRunner
 from app.cli import cli
 from worker.bench import BenchConfigError, parse_csv
 from worker.bench.cache import ModelCache
-from worker.bench.data import BenchData
-from worker.bench.presets import get_preset
+from worker.bench.data import BenchData, subset, unused_validation
+from worker.bench.presets import DatasetSpec, get_preset
 from worker.bench.runner import BenchRunner, plan_contenders, run_bench
 from worker.bench.scenarios import draw_forget_set
 from worker.bench.scoring import Trial, summarise
 from worker.bench.tune import choose, grid_points, run_tune, versus_defaults
+from worker.engine.data.arrays import DatasetArrays
 from worker.engine.methods import METHODS
 from worker.engine.training import TrainingRecipe
 
@@ -172,6 +173,16 @@ def test_cli_rejects_unknown_names(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_unused_validation_needs_a_preset_that_leaves_rows_out(tmp_path):
+    # The smoke preset trains on every digits row: nothing is left to validate on.
+    with pytest.raises(BenchConfigError, match="use carve"):
+        run_tune("smoke", "finetune", {"epochs": [1]}, tmp_path, validation="unused",
+                 cache_dir=tmp_path / "cache", show_progress=False)
+    result = CliRunner().invoke(cli, ["bench", "--out", str(tmp_path), "--validation", "unused"])
+    assert result.exit_code == 2 and "--tune" in result.output
+    assert not (tmp_path / "results.json").exists()
+
+
 # --- The pieces ----------------------------------------------------------------------------
 
 def tiny_data(labels: list[int]) -> BenchData:
@@ -189,6 +200,29 @@ def test_forget_sets_are_deterministic_per_seed():
     whole_class = draw_forget_set("class", data, seed=0)
     (label,) = whole_class.forget_classes
     assert torch.equal(whole_class.forget_idx, torch.nonzero(data.y_train == label).flatten())
+
+
+def test_unused_validation_trains_on_the_presets_rows_and_validates_on_others():
+    labels = torch.arange(3).repeat(100)
+    # Every row distinct and traceable: row i holds the value i.
+    arrays = DatasetArrays(
+        x_train=torch.arange(300, dtype=torch.float32)[:, None].numpy(),
+        y_train=labels.numpy(), x_test=torch.zeros(30, 1).numpy(),
+        y_test=torch.arange(3).repeat(10).numpy(), ids_train=[f"s{i}" for i in range(300)],
+        classes=["a", "b", "c"])
+    spec = DatasetSpec("file", train_size=120, test_size=30)
+    validation = unused_validation(arrays, spec)
+    preset_train = subset(arrays, spec.train_size, spec.test_size)
+    # The models train on exactly the rows the preset's own runs train on...
+    assert (validation.x_train == preset_train.x_train).all()
+    assert validation.ids_train == preset_train.ids_train
+    # ... and validate on as many training rows as the test subset has, none of them seen.
+    train_values, held_out_values = set(validation.x_train[:, 0]), set(validation.x_test[:, 0])
+    assert len(held_out_values) == 30 and not train_values & held_out_values
+    assert (validation.y_test == validation.x_test[:, 0].astype(int) % 3).all()
+    assert sorted(torch.bincount(torch.from_numpy(validation.y_test)).tolist()) == [10, 10, 10]
+    with pytest.raises(BenchConfigError, match="too few"):
+        unused_validation(arrays, DatasetSpec("file", train_size=290, test_size=30))
 
 
 def trial(label: str, seed: int, seconds: float, ua: float, js: float = 0.1) -> Trial:

@@ -55,6 +55,20 @@ def load_subset_arrays(spec: DatasetSpec, cache_dir: Path) -> tuple[DatasetArray
     return subset(decoded_arrays(path, cache_dir), spec.train_size, spec.test_size), path.name
 
 
+def load_validation_arrays(spec: DatasetSpec, cache_dir: Path, how: str
+                           ) -> tuple[DatasetArrays, str]:
+    """The arrays a sweep runs on, the test split replaced by a validation split: ``carve``
+    takes it out of the preset's training subset, ``unused`` from the source's training rows
+    the subset leaves out (so the models train on exactly the rows the preset's do)."""
+    if how == "carve":
+        arrays, name = load_subset_arrays(spec, cache_dir)
+        return carve_validation(arrays), name
+    if how == "unused":
+        path = source_file(spec.source, cache_dir)
+        return unused_validation(decoded_arrays(path, cache_dir), spec), path.name
+    raise BenchConfigError(f"unknown validation split {how!r}; known: carve, unused")
+
+
 def source_file(source: str, cache_dir: Path) -> Path:
     """The upload-format file behind a dataset source name or path."""
     if source == CIFAR10:
@@ -119,6 +133,29 @@ def carve_validation(arrays: DatasetArrays, fraction: float = VALIDATION_FRACTIO
         x_test=arrays.x_train[held_out], y_test=arrays.y_train[held_out],
         ids_train=[arrays.ids_train[row] for row in keep],
         subjects_train=None if subjects is None else [subjects[row] for row in keep],
+        mean=None, std=None)
+
+
+def unused_validation(arrays: DatasetArrays, spec: DatasetSpec) -> DatasetArrays:
+    """The preset's training subset, validated on a stratified sample of the training rows
+    outside it, as many as the preset's test subset has (a 2,000-row validation split measures
+    accuracy about twice as precisely as the 400 rows a 10% carve leaves)."""
+    train_rows = _stratified_rows(arrays.y_train, spec.train_size)
+    unused = np.setdiff1d(np.arange(len(arrays.y_train)), train_rows)
+    size = spec.test_size or len(arrays.y_test)
+    if len(unused) < max(size, arrays.num_classes):
+        raise BenchConfigError(
+            f"the preset trains on {len(train_rows)} of {len(arrays.y_train)} training rows, "
+            f"leaving {len(unused)}: too few for a {size}-row validation split; use carve")
+    held_out, _ = train_test_split(unused, train_size=min(size, len(unused) - 1),
+                                   stratify=arrays.y_train[unused], random_state=SUBSET_SEED)
+    held_out = np.sort(held_out)
+    subjects = arrays.subjects_train
+    return replace(
+        arrays, x_train=arrays.x_train[train_rows], y_train=arrays.y_train[train_rows],
+        x_test=arrays.x_train[held_out], y_test=arrays.y_train[held_out],
+        ids_train=[arrays.ids_train[row] for row in train_rows],
+        subjects_train=None if subjects is None else [subjects[row] for row in train_rows],
         mean=None, std=None)
 
 

@@ -52,10 +52,17 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     return "\n".join(lines)
 
 
+VALIDATION_SOURCES = {
+    "carve": "the validation split carved from the training data",
+    "unused": "a validation split of the training rows the preset's subset leaves out",
+}
+
+
 def _tuning(tune: dict[str, Any]) -> list[str]:
     lines = [f"## Chosen values for `{tune['method']}`", "",
-             f"Grid `{json.dumps(tune['grid'])}`, scored on the validation split carved from "
-             f"the training data. Criterion: {tune['criterion']}.", ""]
+             f"Grid `{json.dumps(tune['grid'])}`, scored on "
+             f"{VALIDATION_SOURCES[tune.get('validation', 'carve')]}. "
+             f"Criterion: {tune['criterion']}.", ""]
     chosen = tune["chosen"]
     if chosen is None:
         return [*lines, "Every setting failed: nothing chosen."]

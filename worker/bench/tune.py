@@ -1,5 +1,5 @@
 """``lethe bench --tune METHOD --grid JSON``: sweep a method's parameters on a validation split
-carved from the training data (the test split is never looked at) and pick the setting with
+taken from the training data (the test split is never looked at) and pick the setting with
 the lowest Avg. Gap among those fast enough."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from worker.bench import BenchConfigError
 from worker.bench.cache import ModelCache
-from worker.bench.data import carve_validation, load_subset_arrays, to_bench_data
+from worker.bench.data import load_validation_arrays, to_bench_data
 from worker.bench.presets import default_cache_dir
 from worker.bench.report import GOAL_SPEEDUP, write_report
 from worker.bench.runner import (
@@ -30,8 +30,10 @@ from worker.engine.methods import METHODS
 def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
              scenarios: list[str] | None = None, seeds: list[int] | None = None,
              dataset: Path | None = None, cache_dir: Path | None = None,
-             min_speedup: float = GOAL_SPEEDUP, show_progress: bool = True) -> BenchOutput:
-    """Run every grid point of ``method`` against retraining and write tune.json/.md/.png."""
+             validation: str = "carve", min_speedup: float = GOAL_SPEEDUP,
+             show_progress: bool = True) -> BenchOutput:
+    """Run every grid point of ``method`` against retraining and write tune.json/.md/.png.
+    ``validation`` says where the validation split comes from (see load_validation_arrays)."""
     chosen = resolve_preset(preset, dataset)
     if method == REFERENCE:
         raise BenchConfigError("retrain is the reference every setting is measured against; "
@@ -44,13 +46,14 @@ def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
     scenario_names, seed_list = plan_scenarios(chosen, scenarios), plan_seeds(chosen, seeds)
     cache_dir = Path(cache_dir or default_cache_dir())
     started = time.perf_counter()
-    arrays, name = load_subset_arrays(chosen.dataset, cache_dir)
-    data = to_bench_data(carve_validation(arrays), name, test_split="validation")
+    arrays, name = load_validation_arrays(chosen.dataset, cache_dir, validation)
+    data = to_bench_data(arrays, name, test_split="validation")
     runner = BenchRunner(chosen, data, ModelCache(cache_dir))
     trials = runner.run(contenders, scenario_names, seed_list, show_progress)
     results = runner.results(trials, scenario_names, seed_list)
     defaults = METHODS.get(method).Params().model_dump(mode="json") | chosen.params_for(method)
-    results["tune"] = {"method": method, "grid": grid, "min_speedup": min_speedup,
+    results["tune"] = {"method": method, "grid": grid, "validation": validation,
+                       "min_speedup": min_speedup,
                        "criterion": CRITERION.format(min_speedup=min_speedup),
                        "chosen": choose(results["rows"], labelled, min_speedup),
                        "versus_defaults": versus_defaults(results["rows"], labelled, defaults)}
