@@ -64,9 +64,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
 
 @dataclass
 class EpochScore:
-    epoch: int
+    epoch: float  # fractional for a point within an epoch
     forget_acc: float
-    test_acc: float  # on the test rows of retained classes when whole classes are forgotten
+    # On the test rows of retained classes when whole classes are forgotten; None where it was
+    # not measured.
+    test_acc: float | None
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -98,9 +100,12 @@ class ForgetMonitor:
         return cls(data.x_train[forget_rows], data.y_train[forget_rows], test_x[test_rows],
                    test_y[test_rows], bool(data.forget_classes), task.device)
 
-    def score(self, model: nn.Module, epoch: int) -> EpochScore:
-        return EpochScore(epoch, accuracy(model, self.forget_x, self.forget_y, self.device),
+    def score(self, model: nn.Module, epoch: float) -> EpochScore:
+        return EpochScore(epoch, self.forget_accuracy(model),
                           accuracy(model, self.test_x, self.test_y, self.device))
+
+    def forget_accuracy(self, model: nn.Module) -> float:
+        return accuracy(model, self.forget_x, self.forget_y, self.device)
 
     def forgotten(self, score: EpochScore, class_target_acc: float,
                   test_level: float | None = None) -> bool:

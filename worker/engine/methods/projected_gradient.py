@@ -4,6 +4,10 @@ use, so retained behaviour is (nearly) untouched and the retain data is never re
 Per conv/linear layer the retained data's input space is summarised by R_l = Σ x xᵀ over the
 layer's inputs (conv: kernel-sized patches). Its leading eigenvectors span the Core Gradient
 Space; weight gradients are projected onto its orthogonal complement before each step.
+
+Random forgetting stops at the accuracy a model retrained without D_f would score on D_f,
+estimated from the base model alone (see ``retrained_forget_level``), and the last epoch is
+cut short by bisection so the stop lands on that level rather than an epoch past it.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from worker.engine.methods._base import (
 from worker.engine.methods._common import (
     EpochScore,
     ForgetMonitor,
+    accuracy,
     evaluating,
     freeze_norm_statistics,
     only_these_trainable,
     progress_span,
     random_rows,
+    retained_class_test_rows,
     working_copy,
 )
 from worker.engine.training import iterate_batches, seeded_generator
@@ -37,15 +43,20 @@ from worker.engine.training import iterate_batches, seeded_generator
 ProjectedLayer = nn.Linear | nn.Conv2d
 # Bound on the float64 patch rows materialised at once while accumulating R (128 MiB).
 _ROW_ELEMENTS_PER_CHUNK = 2**24
+# Cached with the matrices: the base model's accuracy (percent) on its retained training rows,
+# so chained requests can place the stopping level without reading D_r. Not a module name.
+RETAIN_ACCURACY_KEY = "@retain_accuracy"
+# Rows of the test split (and of D_f) that place the stopping level: every row up to this.
+_LEVEL_ROWS = 10_000
 
 
 class Params(MethodParams):
     gamma: float = Field(
-        0.95, gt=0, lt=1,
+        0.9, gt=0, lt=1,
         description="Share of the retained data's singular-value mass (cumsum(S)/ΣS) whose "
                     "directions are protected. Higher protects retained accuracy more and "
                     "forgets more slowly (the paper: 0.95, 0.9 for AllCNN-like nets; Lethe's "
-                    "sweeps, benchmarks/tuning/, chose 0.95 too, with a larger step).",
+                    "sweeps, benchmarks/tuning/, chose 0.9 with a larger step).",
     )
     lr_start: float = Field(
         6.0, gt=0, le=10,
@@ -70,6 +81,25 @@ class Params(MethodParams):
     entropy_weight: float = Field(
         0.1, ge=0, le=10,
         description="Weight of Σ p log p, which pushes forget outputs towards uniform.",
+    )
+    level_exponent: float = Field(
+        1.0, ge=0, le=5,
+        description="Random forgetting stops once forget accuracy reaches what a model retrained "
+                    "without D_f is expected to score on it: 100 − (100 − L)·(|D|/|D_r|)^α, a "
+                    "power-law learning curve (the retrained model saw fewer rows) with this α "
+                    "(0: stop at L itself).",
+    )
+    difficulty_weight: float = Field(
+        1.0, ge=0, le=5,
+        description="L = test accuracy + w·(forget accuracy − retain accuracy) of the base "
+                    "model: a forget set it finds harder than the rest of its training data "
+                    "stays harder for a retrained model (0: L is the test accuracy).",
+    )
+    bisect_steps: int = Field(
+        4, ge=0, le=20,
+        description="Random forgetting: once an epoch crosses the stopping level, halve the "
+                    "interval between its start and end weights this often and keep the blend "
+                    "closest to the level (0: keep the closer of the two, as the paper does).",
     )
     max_retain_drop: float = Field(
         5.0, ge=0, le=100,
@@ -150,22 +180,40 @@ def representation_matrices(
 
     Sums, not means, so matrices of disjoint sets add up: R(D_r) = R(D) − R(D_f).
     """
+    matrices, _ = representations_and_predictions(model, x, device=device,
+                                                  batch_size=batch_size, progress=progress)
+    return matrices
+
+
+@torch.no_grad()
+def representations_and_predictions(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    batch_size: int = 128,
+    progress: ProgressFn = no_progress,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The representation matrices of ``x``, and the model's predicted class of every row from
+    the same forward pass."""
     layers = projected_layers(model)
     totals = {name: torch.zeros(layer.weight[0].numel(), layer.weight[0].numel(),
                                 dtype=torch.float64, device=device)
               for name, layer in layers.items()}
     handles = [layer.register_forward_hook(_accumulate_hook(totals[name]))
                for name, layer in layers.items()]
+    predictions = []
     try:
         with evaluating(model):
             batches = -(-len(x) // batch_size)
             for done, (xb, _) in enumerate(iterate_batches(x, x, batch_size, shuffle=False), 1):
-                model(xb.to(device))
+                predictions.append(model(xb.to(device)).argmax(1).cpu())
                 progress(done / batches)
     finally:
         for handle in handles:
             handle.remove()
-    return {name: total.cpu() for name, total in totals.items()}
+    predicted = torch.cat(predictions) if predictions else torch.empty(0, dtype=torch.int64)
+    return {name: total.cpu() for name, total in totals.items()}, predicted
 
 
 def core_gradient_bases(
@@ -219,9 +267,9 @@ class ProjectedGradient(UnlearningMethod):
     def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
         layers = projected_layers(model)
-        reduced, source = _retained_matrices(model, layers, task, params)
+        reduced, source, retain_acc = _retained_matrices(model, layers, task, params)
         bases = core_gradient_bases(reduced, params.gamma, task.device)
-        descent = _Descent(model, layers, bases, task, params)
+        descent = _Descent(model, layers, bases, task, params, retain_acc)
         descent.run(progress_span(task.progress, 0.1 if source == "cached" else 0.4, 1.0))
         task.progress(1.0)
         metrics = {
@@ -230,71 +278,114 @@ class ProjectedGradient(UnlearningMethod):
                                 for name, basis in bases.items()},
             **descent.summary(),
         }
-        return UnlearningOutcome(model=model.eval(), metrics=metrics, state=reduced)
+        state = dict(reduced)
+        if retain_acc is not None:
+            # The projected steps barely move retained accuracy, so the next request reuses it.
+            state[RETAIN_ACCURACY_KEY] = torch.tensor([retain_acc], dtype=torch.float64)
+        return UnlearningOutcome(model=model.eval(), metrics=metrics, state=state)
+
+
+def retrained_forget_level(*, test_acc: float, forget_acc: float, retain_acc: float | None,
+                           retained: int, forgotten: int, exponent: float,
+                           difficulty_weight: float) -> float:
+    """Accuracy (percent) on D_f expected of a model retrained on D_r alone, from the base model.
+
+    D_f is unseen data to such a model, so start from the test accuracy, shifted by how much
+    harder (or easier) the base model finds D_f than D_r. A model trained on fewer rows errs
+    more: scale the error by (|D|/|D_r|)^exponent, a power-law learning curve.
+    """
+    level = test_acc
+    if retain_acc is not None:
+        level += difficulty_weight * (forget_acc - retain_acc)
+    error = min(max(100.0 - level, 0.0), 100.0)
+    return 100.0 - error * ((retained + forgotten) / retained) ** exponent
 
 
 def _retained_matrices(model: nn.Module, layers: dict[str, ProjectedLayer], task: UnlearningTask,
-                       params: Params) -> tuple[dict[str, torch.Tensor], str]:
+                       params: Params) -> tuple[dict[str, torch.Tensor], str, float | None]:
     """R − R^f per layer, R from the cache when it fits this model (then no retained row is
-    read), else computed over retain ∪ forget. Also says where R came from."""
+    read), else computed over retain ∪ forget. Also says where R came from, and gives the base
+    model's accuracy on its retained rows when known (None: a cache from before it was kept)."""
     data = task.data
     cached = _usable_state(task.state, layers)
     if cached is not None:
         full, source, forget_phase = cached, "cached", (0.0, 0.05)
+        retain_acc = _cached_retain_accuracy(task.state)
     else:
-        full = _estimated_matrices(model, data.known_idx(), task, params)
+        full, retain_acc = _estimated_matrices(model, task, params)
         source = "computed" if task.state is None else "recomputed: cached state did not fit"
         forget_phase = (0.3, 0.35)
     forgotten = representation_matrices(
         model, data.x_train[data.forget_idx], device=task.device,
         batch_size=params.representation_batch_size,
         progress=progress_span(task.progress, *forget_phase))
-    return {name: full[name] - forgotten[name] for name in layers}, source
+    return {name: full[name] - forgotten[name] for name in layers}, source, retain_acc
 
 
-def _estimated_matrices(model: nn.Module, rows: torch.Tensor, task: UnlearningTask,
-                        params: Params) -> dict[str, torch.Tensor]:
-    """R over ``rows``, from a random sample of at most representation_samples of them scaled
-    up to the whole (exact when the sample is every row)."""
-    generator = seeded_generator(params.seed)
-    sample = rows[random_rows(len(rows), params.representation_samples, generator).sort().values]
-    matrices = representation_matrices(
-        model, task.data.x_train[sample], device=task.device,
+def _estimated_matrices(model: nn.Module, task: UnlearningTask,
+                        params: Params) -> tuple[dict[str, torch.Tensor], float | None]:
+    """R over the known rows, from a random sample of at most representation_samples of them
+    scaled up to the whole (exact when the sample is every row); and, from the same forward
+    pass, the model's accuracy (percent) on the sampled rows it retains."""
+    data = task.data
+    known = data.known_idx()
+    sample = known[random_rows(len(known), params.representation_samples,
+                               seeded_generator(params.seed)).sort().values]
+    matrices, predicted = representations_and_predictions(
+        model, data.x_train[sample], device=task.device,
         batch_size=params.representation_batch_size,
         progress=progress_span(task.progress, 0.0, 0.3))
-    scale = len(rows) / max(1, len(sample))
-    return {name: matrix * scale for name, matrix in matrices.items()}
+    scale = len(known) / max(1, len(sample))
+    retained = ~torch.isin(sample, data.forget_idx)
+    correct = predicted[retained] == data.y_train[sample[retained]]
+    retain_acc = 100.0 * correct.float().mean().item() if retained.any() else None
+    return {name: matrix * scale for name, matrix in matrices.items()}, retain_acc
 
 
 def _usable_state(state: dict[str, torch.Tensor] | None,
                   layers: dict[str, ProjectedLayer]) -> dict[str, torch.Tensor] | None:
     """The cached matrices when they describe exactly this model's layers, else None."""
-    if state is None or set(state) != set(layers):
+    if state is None:
+        return None
+    matrices = {name: matrix for name, matrix in state.items() if name != RETAIN_ACCURACY_KEY}
+    if set(matrices) != set(layers):
         return None
     for name, layer in layers.items():
         width = layer.weight[0].numel()
-        if tuple(state[name].shape) != (width, width):
+        if tuple(matrices[name].shape) != (width, width):
             return None
-    return {name: matrix.to(torch.float64) for name, matrix in state.items()}
+    return {name: matrix.to(torch.float64) for name, matrix in matrices.items()}
+
+
+def _cached_retain_accuracy(state: dict[str, torch.Tensor]) -> float | None:
+    value = state.get(RETAIN_ACCURACY_KEY)
+    return None if value is None or value.numel() != 1 else float(value.item())
 
 
 class _Descent:
-    """The projected SGD loop with the paper's stopping rule and keep-the-better-epoch choice."""
+    """The projected SGD loop: stops once D_f is forgotten (or test accuracy drops too far),
+    then settles within the last epoch."""
 
     def __init__(self, model: nn.Module, layers: dict[str, ProjectedLayer],
-                 bases: dict[str, torch.Tensor], task: UnlearningTask, params: Params):
+                 bases: dict[str, torch.Tensor], task: UnlearningTask, params: Params,
+                 retain_acc: float | None):
         self.model, self.task, self.params = model, task, params
+        self.retain_acc = retain_acc
         self.weights = [(layers[name].weight, basis) for name, basis in bases.items()]
         self.generator = seeded_generator(params.seed)
         self.monitor = ForgetMonitor.from_task(task, params.eval_samples, self.generator)
         self.history: list[EpochScore] = []
+        self.level: float | None = None  # random forgetting's stopping level, percent
         self.stop_reason = "max-epochs"
-        self.kept_epoch = 0
+        self.epochs_run = 0
+        self.kept_epoch: float = 0  # fractional when the last epoch was cut short
 
     def run(self, progress: ProgressFn) -> None:
         start = self.monitor.score(self.model, 0)
         self.history.append(start)
-        if self.monitor.forgotten(start, self.params.class_target_acc):
+        if not self.monitor.class_forgetting:
+            self.level = self._random_forgetting_level(start)
+        if self._forgotten(start):
             self.stop_reason = "already-forgotten"
             return
         data = self.task.data
@@ -305,14 +396,26 @@ class _Descent:
                 previous = [weight.detach().clone() for weight, _ in self.weights]
                 self._epoch(forget_x, forget_y, self.params.lr_start * decay ** (epoch - 1))
                 self.history.append(self.monitor.score(self.model, epoch))
-                self.kept_epoch = epoch
+                self.epochs_run = self.kept_epoch = epoch
                 progress(epoch / self.params.max_epochs)
                 reason = self._stop_reason()
                 if reason is not None:
                     self.stop_reason = reason
-                    if self._previous_is_better():
-                        self._restore(previous)
+                    self._settle(previous)
                     break
+
+    def _random_forgetting_level(self, start: EpochScore) -> float:
+        data = self.task.data
+        test_x, test_y = retained_class_test_rows(data)
+        if len(test_x) > _LEVEL_ROWS:
+            rows = random_rows(len(test_x), _LEVEL_ROWS, self.generator)
+            test_x, test_y = test_x[rows], test_y[rows]
+        return retrained_forget_level(
+            test_acc=accuracy(self.model, test_x, test_y, self.task.device),
+            forget_acc=start.forget_acc, retain_acc=self.retain_acc,
+            retained=len(data.retain_idx), forgotten=len(data.forget_idx),
+            exponent=self.params.level_exponent,
+            difficulty_weight=self.params.difficulty_weight)
 
     def _epoch(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
         self.model.train()
@@ -328,35 +431,70 @@ class _Descent:
                 for weight, basis in self.weights:
                     weight -= lr * project_out(weight.grad, basis)
 
+    def _forgotten(self, score: EpochScore) -> bool:
+        return self.monitor.forgotten(score, self.params.class_target_acc, self.level)
+
     def _stop_reason(self) -> str | None:
         start, current = self.history[0], self.history[-1]
+        if self._forgotten(current):
+            return "forgotten"
         # Against the starting test accuracy: ascent that damages the whole model lowers the
         # current one too, and chasing it would run the model into the ground.
-        if self.monitor.forgotten(current, self.params.class_target_acc, start.test_acc):
-            return "forgotten"
         if start.test_acc - current.test_acc > self.params.max_retain_drop:
             return "retain-drop"
         return None
 
-    def _previous_is_better(self) -> bool:
+    def _settle(self, previous: list[torch.Tensor]) -> None:
+        """After a retain drop, undo the last epoch. After random forgetting, keep the point of
+        the last epoch whose forget accuracy is closest to the level: an epoch moves it by
+        several points, as much as the level's own precision."""
         if self.stop_reason == "retain-drop":
-            return True
-        if self.monitor.class_forgetting:
-            return False
-        level = self.history[0].test_acc
-        previous, current = self.history[-2], self.history[-1]
-        return abs(level - previous.forget_acc) < abs(level - current.forget_acc)
+            self._restore(previous)
+            self.kept_epoch -= 1
+        elif self.stop_reason == "forgotten" and self.level is not None:
+            self._bisect(previous)
 
     @torch.no_grad()
-    def _restore(self, previous: list[torch.Tensor]) -> None:
-        for (weight, _), saved in zip(self.weights, previous, strict=True):
-            weight.copy_(saved)
-        self.kept_epoch -= 1
+    def _bisect(self, before: list[torch.Tensor]) -> None:
+        after = self._current()
+        tried = {0.0: self.history[-2].forget_acc, 1.0: self.history[-1].forget_acc}
+        low, high = 0.0, 1.0
+        for _ in range(self.params.bisect_steps):
+            middle = (low + high) / 2
+            self._blend(before, after, middle)
+            tried[middle] = self.monitor.forget_accuracy(self.model)
+            if tried[middle] <= self.level:
+                high = middle
+            else:
+                low = middle
+        # Ties go to the later point, as the paper keeps the last epoch unless the one before
+        # is strictly closer.
+        share = min(tried, key=lambda point: (abs(tried[point] - self.level), -point))
+        self._blend(before, after, share)
+        self.kept_epoch = self.epochs_run - 1 + share
+        if 0.0 < share < 1.0:  # test accuracy is not measured there: the level needs none
+            self.history.append(EpochScore(self.kept_epoch, tried[share], None))
+
+    def _current(self) -> list[torch.Tensor]:
+        return [weight.detach().clone() for weight, _ in self.weights]
+
+    @torch.no_grad()
+    def _restore(self, saved: list[torch.Tensor]) -> None:
+        for (weight, _), value in zip(self.weights, saved, strict=True):
+            weight.copy_(value)
+
+    @torch.no_grad()
+    def _blend(self, before: list[torch.Tensor], after: list[torch.Tensor], share: float) -> None:
+        """Weights at ``share`` of the way from ``before`` to ``after`` (0: before)."""
+        for (weight, _), start, end in zip(self.weights, before, after, strict=True):
+            weight.copy_(torch.lerp(start, end, share))
 
     def summary(self) -> dict:
         return {
             "stop_reason": self.stop_reason,
-            "epochs_run": len(self.history) - 1,
-            "kept_epoch": self.kept_epoch,
+            "stop_level": None if self.level is None else round(self.level, 2),
+            "base_retain_accuracy": self.retain_acc,
+            "epochs_run": self.epochs_run,
+            "kept_epoch": round(self.kept_epoch, 4),
             "history": [score.as_dict() for score in self.history],
         }
