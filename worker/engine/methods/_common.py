@@ -49,16 +49,35 @@ def evaluating(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
+@contextlib.contextmanager
+def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """The model's weights in channels-last layout for the block, then the default one back.
+    Convolutions run about twice as fast in it on CPUs (same predictions); the layout is put
+    back so training afterwards behaves exactly as before."""
+    if not enabled:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-             batch_size: int = 1024) -> float:
+             batch_size: int = 256) -> float:
     """Top-1 accuracy in percent (0 for an empty set)."""
     if len(x) == 0:
         return 0.0
+    images = x.dim() == 4
     correct = 0
-    with evaluating(model):
+    with evaluating(model), channels_last(model, enabled=images):
         for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
-            correct += (model(xb.to(device)).argmax(1).cpu() == yb).sum().item()
+            xb = xb.to(device)
+            if images:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            correct += (model(xb).argmax(1).cpu() == yb).sum().item()
     return 100.0 * correct / len(x)
 
 
