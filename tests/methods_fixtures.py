@@ -24,8 +24,8 @@ DIGITS_PARAMS = {
                            "recover_fraction": 0.5},
     # Every row for the representation matrices: the paper's exact R, cheap on digits (the
     # sampled estimate has its own test).
-    "projected-gradient": {"gamma": 0.8, "lr_start": 0.5, "lr_end": 0.1, "max_epochs": 100,
-                           "representation_samples": 10**6},
+    "projected-gradient": {"gamma": 0.8, "class_gamma": 0.8, "lr_start": 0.5, "lr_end": 0.1,
+                           "max_epochs": 100, "representation_samples": 10**6},
     "deepclean": {},
 }
 

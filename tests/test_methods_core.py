@@ -244,6 +244,23 @@ def test_projected_gradient_changes_only_layer_weights(digits, model):
     assert not weights_equal(outcome.model, model)
 
 
+
+def test_whole_classes_and_scattered_samples_protect_their_own_share(digits, model):
+    # A class's inputs have directions of their own: whole-class requests use class_gamma,
+    # scattered samples gamma; a smaller share protects fewer directions.
+    class_task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    scattered_task = make_task(model, digits, random_rows(digits))
+    runs = {(kind, share): run_method("projected-gradient", task, gamma=share,
+                                      class_gamma=1.5 - share, max_epochs=1).metrics
+            for kind, task in (("class", class_task), ("scattered", scattered_task))
+            for share in (0.6, 0.9)}
+    assert runs["class", 0.6]["gamma"] == 0.9 and runs["scattered", 0.6]["gamma"] == 0.6
+    for kind, protected_less, protected_more in (("class", 0.9, 0.6),
+                                                  ("scattered", 0.6, 0.9)):
+        fewer = runs[kind, protected_less]["kept_dimensions"]
+        more = runs[kind, protected_more]["kept_dimensions"]
+        assert all(fewer[name][0] < more[name][0] for name in fewer), kind
+
 # --- deepclean -------------------------------------------------------------------------------
 
 def test_fisher_diagonal_is_mean_squared_per_sample_gradient(digits, model):
