@@ -103,10 +103,17 @@ def subset(arrays: DatasetArrays, train_size: int | None,
     """Stratified subsets of both splits; normalisation statistics recomputed on the subset."""
     train_rows = _stratified_rows(arrays.y_train, train_size)
     test_rows = _stratified_rows(arrays.y_test, test_size)
+    return _with_splits(arrays, train_rows, arrays.x_test[test_rows], arrays.y_test[test_rows])
+
+
+def _with_splits(arrays: DatasetArrays, train_rows: np.ndarray, x_test: np.ndarray,
+                 y_test: np.ndarray) -> DatasetArrays:
+    """These training rows (with their ids and subjects) and this test split; normalisation
+    statistics dropped, as they described other rows."""
     subjects = arrays.subjects_train
     return replace(
         arrays, x_train=arrays.x_train[train_rows], y_train=arrays.y_train[train_rows],
-        x_test=arrays.x_test[test_rows], y_test=arrays.y_test[test_rows],
+        x_test=x_test, y_test=y_test,
         ids_train=[arrays.ids_train[row] for row in train_rows],
         subjects_train=None if subjects is None else [subjects[row] for row in train_rows],
         mean=None, std=None)
@@ -127,13 +134,7 @@ def carve_validation(arrays: DatasetArrays, fraction: float = VALIDATION_FRACTIO
     keep, held_out = train_test_split(np.arange(len(arrays.y_train)), test_size=fraction,
                                       stratify=arrays.y_train, random_state=SUBSET_SEED)
     keep, held_out = np.sort(keep), np.sort(held_out)
-    subjects = arrays.subjects_train
-    return replace(
-        arrays, x_train=arrays.x_train[keep], y_train=arrays.y_train[keep],
-        x_test=arrays.x_train[held_out], y_test=arrays.y_train[held_out],
-        ids_train=[arrays.ids_train[row] for row in keep],
-        subjects_train=None if subjects is None else [subjects[row] for row in keep],
-        mean=None, std=None)
+    return _with_splits(arrays, keep, arrays.x_train[held_out], arrays.y_train[held_out])
 
 
 def unused_validation(arrays: DatasetArrays, spec: DatasetSpec) -> DatasetArrays:
@@ -150,13 +151,7 @@ def unused_validation(arrays: DatasetArrays, spec: DatasetSpec) -> DatasetArrays
     held_out, _ = train_test_split(unused, train_size=min(size, len(unused) - 1),
                                    stratify=arrays.y_train[unused], random_state=SUBSET_SEED)
     held_out = np.sort(held_out)
-    subjects = arrays.subjects_train
-    return replace(
-        arrays, x_train=arrays.x_train[train_rows], y_train=arrays.y_train[train_rows],
-        x_test=arrays.x_train[held_out], y_test=arrays.y_train[held_out],
-        ids_train=[arrays.ids_train[row] for row in train_rows],
-        subjects_train=None if subjects is None else [subjects[row] for row in train_rows],
-        mean=None, std=None)
+    return _with_splits(arrays, train_rows, arrays.x_train[held_out], arrays.y_train[held_out])
 
 
 def to_bench_data(arrays: DatasetArrays, name: str, test_split: str = "test") -> BenchData:

@@ -335,9 +335,14 @@ def _retain_accuracy(model: nn.Module, task: UnlearningTask, params: Params) -> 
     its error goes straight into the stopping level, and a 1,000-row sample's (about ±1.4
     points) cost as much gap as the level's other terms put together."""
     rows = task.data.retain_idx
-    if len(rows) > _LEVEL_ROWS:
-        rows = rows[random_rows(len(rows), _LEVEL_ROWS, seeded_generator(params.seed))]
+    rows = rows[_level_rows(len(rows), seeded_generator(params.seed))]
     return accuracy(model, task.data.x_train[rows], task.data.y_train[rows], task.device)
+
+
+def _level_rows(count: int, generator: torch.Generator) -> torch.Tensor | slice:
+    """Which of ``count`` rows place the stopping level: all of them up to _LEVEL_ROWS, else
+    that many drawn at random."""
+    return slice(None) if count <= _LEVEL_ROWS else random_rows(count, _LEVEL_ROWS, generator)
 
 
 def _usable_state(state: dict[str, torch.Tensor] | None,
@@ -391,7 +396,7 @@ class _Descent:
         decay = (self.params.lr_end / self.params.lr_start) ** (1 / self.params.max_epochs)
         with only_these_trainable(self.model, [weight for weight, _ in self.weights]):
             for epoch in range(1, self.params.max_epochs + 1):
-                previous = [weight.detach().clone() for weight, _ in self.weights]
+                previous = self._current()
                 self._epoch(forget_x, forget_y, self.params.lr_start * decay ** (epoch - 1))
                 self.history.append(self.monitor.score(self.model, epoch))
                 self.epochs_run = self.kept_epoch = epoch
@@ -405,11 +410,9 @@ class _Descent:
     def _random_forgetting_level(self, start: EpochScore) -> float:
         data = self.task.data
         test_x, test_y = retained_class_test_rows(data)
-        if len(test_x) > _LEVEL_ROWS:
-            rows = random_rows(len(test_x), _LEVEL_ROWS, self.generator)
-            test_x, test_y = test_x[rows], test_y[rows]
+        rows = _level_rows(len(test_x), self.generator)
         return retrained_forget_level(
-            test_acc=accuracy(self.model, test_x, test_y, self.task.device),
+            test_acc=accuracy(self.model, test_x[rows], test_y[rows], self.task.device),
             forget_acc=start.forget_acc, retain_acc=self.retain_acc,
             retained=len(data.retain_idx), forgotten=len(data.forget_idx),
             exponent=self.params.level_exponent,
