@@ -111,15 +111,17 @@ def heartbeat(db: Session, claim_: Claim, progress: float | None = None,
     return True, bool(cancel)
 
 
-def fail(db: Session, job: Job, detail: str, title: str = "Unlearning failed") -> list[str]:
-    """Mark the job failed; its requests are scheduled again (the returned jobs) or fail."""
+def fail(db: Session, job: Job, detail: str, title: str = "Unlearning failed", *,
+         slug: str = "job-failed", status: int = 500, extra: dict | None = None) -> list[str]:
+    """Mark the job failed with an RFC 9457 problem (``extra`` adds members to it); its
+    requests are scheduled again (the returned jobs) or fail."""
     from app.deletion_requests.service import settle_requests_of
 
     job.status, job.finished_at = FAILED, utcnow()
-    job.error = {"type": "https://lethe.dev/problems/job-failed", "title": title,
-                 "status": 500, "detail": detail}
+    job.error = {"type": f"https://lethe.dev/problems/{slug}", "title": title,
+                 "status": status, "detail": detail, **(extra or {})}
     audit.record(db, "job.failed", "job", job.id, tenant_id=job.tenant_id, actor=job.worker,
-                 data={"detail": detail, "attempts": job.attempts})
+                 data={"detail": detail, "attempts": job.attempts, **(extra or {})})
     return settle_requests_of(db, job)
 
 

@@ -5,10 +5,11 @@ Both the Celery task and the in-process worker call :func:`execute_job`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
@@ -31,6 +32,7 @@ from worker.dispatch import send_job
 from worker.engine.architectures import build_model
 from worker.engine.data.arrays import DatasetArrays
 from worker.engine.device import describe_hardware, pick_device
+from worker.engine.gate import GateThresholds, GateVerdict, judge
 from worker.engine.methods import (
     METHODS,
     JobCancelled,
@@ -94,6 +96,10 @@ def execute_job(job_id: str, worker: str) -> Verdict:
         _settle(claim, claims.cancel)
     except LostJob:
         log.warning("job %s was taken over; dropping this run's result", job_id)
+    except GateRejected as rejected:
+        log.warning("job %s: no candidate passed the acceptance gate: %s", job_id, rejected)
+        for retry_job in _settle(claim, lambda db, job, why=rejected: reject(db, job, why)) or []:
+            send_job(retry_job)
     except WorkerStopping:
         _settle(claim, lambda db, job: claims.requeue(db, job, "worker stopped",
                                                       refund_attempt=True))
@@ -111,6 +117,19 @@ def execute_job(job_id: str, worker: str) -> Verdict:
     finally:
         reporter.stop()
     return Verdict.DONE
+
+
+def reject(db, job: Job, rejected: GateRejected) -> list[str]:
+    """Fail the job with a problem that says which criterion failed by how much, per
+    candidate; nothing was published and nothing withdrawn."""
+    records = [attempt.record() for attempt in rejected.attempts]
+    job.metrics = {"candidates": records}
+    failures = [{"method": r["method"], "error": r["error"],
+                 "failed_criteria": [c for c in (r["gate"] or {}).get("criteria", [])
+                                     if not c["passed"]]} for r in records]
+    return claims.fail(db, job, f"no candidate passed the acceptance gate: {rejected}",
+                       title="Acceptance gate failed", slug="gate-failed", status=422,
+                       extra={"candidates": failures})
 
 
 def _settle(claim: Claim, transition):
@@ -213,9 +232,78 @@ def build_data(inputs: JobInputs) -> UnlearningData:
         forget_classes=inputs.job.forget_classes)
 
 
-def load_state(inputs: JobInputs) -> dict[str, torch.Tensor] | None:
-    blob = inputs.base.artifacts.get(inputs.job.method)
+def load_state(inputs: JobInputs, method: str) -> dict[str, torch.Tensor] | None:
+    blob = inputs.base.artifacts.get(method)
     return load_file(str(get_blob_store().path(blob))) if blob else None
+
+
+@dataclass
+class Candidate:
+    """One entry of the job's chain: its requested method, then each fallback in turn."""
+
+    method: str
+    params: dict
+
+
+@dataclass
+class Attempt:
+    """What one candidate produced and what the gate made of it."""
+
+    candidate: Candidate
+    outcome: UnlearningOutcome | None
+    verdict: GateVerdict | None
+    seconds: float
+    error: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict is not None and self.verdict.passed
+
+    def record(self) -> dict:
+        return {"method": self.candidate.method, "params": self.candidate.params,
+                "seconds": round(self.seconds, 3), "error": self.error,
+                "verdict": "error" if self.verdict is None else
+                ("passed" if self.verdict.passed else "failed"),
+                "gate": None if self.verdict is None else self.verdict.as_dict()}
+
+
+class GateRejected(Exception):
+    """Every candidate of the chain failed the acceptance gate (or raised)."""
+
+    def __init__(self, attempts: list[Attempt]):
+        self.attempts = attempts
+        super().__init__("; ".join(_failure_line(a) for a in attempts))
+
+
+def _failure_line(attempt: Attempt) -> str:
+    reason = attempt.error or attempt.verdict.describe_failures()
+    return f"{attempt.candidate.method}: {reason}"
+
+
+def candidates_of(job: Job) -> list[Candidate]:
+    fallback = job.fallback
+    if fallback is None:  # queued before the gate existed: the service's default chain
+        fallback = [{"method": name, "params": {}} for name in get_settings().fallback_methods]
+    chain = [Candidate(job.method, job.params)]
+    chain += [Candidate(step["method"], step["params"]) for step in fallback]
+    return chain
+
+
+def thresholds_of(job: Job) -> GateThresholds:
+    return GateThresholds.model_validate(get_settings().gate.model_dump() | (job.gate or {}))
+
+
+@dataclass
+class JobContext:
+    """What every candidate of one job works on."""
+
+    inputs: JobInputs
+    base: torch.nn.Module
+    data: UnlearningData
+    device: torch.device
+    reporter: ProgressReporter
+    thresholds: GateThresholds
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 def run_claimed(claim: Claim, reporter: ProgressReporter) -> JobResult:
@@ -226,38 +314,94 @@ def run_claimed(claim: Claim, reporter: ProgressReporter) -> JobResult:
     reporter.phase("loading", 0.0)
     inputs = load_inputs(claim)
     device = pick_device()
-    model = build_model(inputs.model.architecture, inputs.model.architecture_config)
-    model.load_state_dict(load_file(str(get_blob_store().path(inputs.base.sha256))))
-    data = build_data(inputs)
-    method = METHODS.get(inputs.job.method)
-    params = method.Params.model_validate(inputs.job.params)
-    torch.manual_seed(params.seed)
-    task = UnlearningTask(
-        model=model.to(device),
-        build_fresh=lambda: build_model(inputs.model.architecture,
-                                        inputs.model.architecture_config),
-        data=data, recipe=TrainingRecipe.model_validate(inputs.model.training_config),
-        device=device, progress=reporter.scaled(LOAD_END, METHOD_END), state=load_state(inputs))
-    reporter.phase(inputs.job.method, LOAD_END)
-    outcome = method().run(task, params)
+    base = build_model(inputs.model.architecture, inputs.model.architecture_config)
+    base.load_state_dict(load_file(str(get_blob_store().path(inputs.base.sha256))))
+    context = JobContext(inputs, base.to(device).eval(), build_data(inputs), device, reporter,
+                         thresholds_of(inputs.job))
+    accepted = run_chain(context, claim)
     reporter.phase("evaluating", METHOD_END)
-    metrics = evaluate(outcome.model, data, device, seed=params.seed)
-    metrics |= outcome.metrics
+    metrics = evaluate(accepted.outcome.model, context.data, device,
+                       seed=accepted.candidate.params.get("seed", 0))
+    metrics |= accepted.outcome.metrics
+    metrics |= {"method": accepted.candidate.method, "gate": accepted.verdict.as_dict(),
+                "candidates": [a.record() for a in context.attempts]}
     metrics["duration_s"] = round(time.perf_counter() - started, 3)
     metrics["hardware"] = describe_hardware(device)
     reporter.check()
-    return store_outcome(inputs, outcome, metrics)
+    return store_outcome(inputs, accepted, metrics)
 
 
-def store_outcome(inputs: JobInputs, outcome: UnlearningOutcome, metrics: dict) -> JobResult:
+def run_chain(context: JobContext, claim: Claim) -> Attempt:
+    """Try each candidate until one passes the gate (or, unenforced, the first that ran)."""
+    chain = candidates_of(context.inputs.job)
+    span = (METHOD_END - LOAD_END) / len(chain)
+    for index, candidate in enumerate(chain):
+        start = LOAD_END + index * span
+        context.reporter.phase(f"candidate {index + 1}/{len(chain)}: {candidate.method}", start)
+        attempt = run_candidate(context, candidate, context.reporter.scaled(start, start + span))
+        context.attempts.append(attempt)
+        record_candidates(claim, context.attempts)
+        if attempt.accepted or (attempt.verdict is not None and not context.thresholds.enforce):
+            return attempt
+        log.warning("job %s: %s", claim.job_id, _failure_line(attempt))
+    raise GateRejected(context.attempts)
+
+
+def run_candidate(context: JobContext, candidate: Candidate, progress) -> Attempt:
+    """Run one method on a fresh copy of the base model and judge the result. A method that
+    raises (anything but a transient error or a stop) is a failed candidate, not a failed job."""
+    started = time.perf_counter()
+    method = METHODS.get(candidate.method)
+    params = method.Params.model_validate(candidate.params)
+    torch.manual_seed(params.seed)
+    inputs = context.inputs
+    task = UnlearningTask(
+        model=copy.deepcopy(context.base),
+        build_fresh=lambda: build_model(inputs.model.architecture,
+                                        inputs.model.architecture_config),
+        data=context.data, recipe=TrainingRecipe.model_validate(inputs.model.training_config),
+        device=context.device, progress=progress, state=load_state(inputs, candidate.method))
+    try:
+        outcome = method().run(task, params)
+        verdict = judge(context.base, outcome.model, context.data, context.thresholds,
+                        context.device, seed=params.seed, exact=method.exact)
+    except (JobCancelled, LostJob, WorkerStopping, *TRANSIENT_ERRORS):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one method's failure hands over to the next
+        log.exception("job %s: %s raised", inputs.job.id, candidate.method)
+        return Attempt(candidate, None, None, time.perf_counter() - started,
+                       error=f"{type(exc).__name__}: {exc}")
+    return Attempt(candidate, outcome, verdict, time.perf_counter() - started)
+
+
+def record_candidates(claim: Claim, attempts: list[Attempt]) -> None:
+    """Show the candidates tried so far on the job while it runs."""
+    with session_scope() as db:
+        job = claims.owned(db, claim)
+        if job is not None:
+            job.metrics = {"candidates": [a.record() for a in attempts]}
+
+
+def store_outcome(inputs: JobInputs, accepted: Attempt, metrics: dict) -> JobResult:
     store = get_blob_store()
+    outcome = accepted.outcome
     state_dict = {k: v.detach().cpu().contiguous() for k, v in outcome.model.state_dict().items()}
     checkpoint = store.put_bytes(save(state_dict))
     artifacts = {}
     if outcome.state is not None:
         state = {k: v.detach().cpu().contiguous() for k, v in outcome.state.items()}
-        artifacts[inputs.job.method] = store.put_bytes(save(state)).sha256
+        artifacts[accepted.candidate.method] = store.put_bytes(save(state)).sha256
     return JobResult(checkpoint.sha256, checkpoint.size, metrics, artifacts)
+
+
+def gate_summary(metrics: dict) -> dict:
+    """What an auditor needs of the gate at a glance: who made the version, on what verdict
+    and figures, and which candidates were refused before it."""
+    gate = metrics.get("gate") or {}
+    return {"method": metrics.get("method"), "gate_verdict": gate.get("verdict"),
+            "gate_exact": gate.get("exact"), "gate_figures": gate.get("figures"),
+            "refused_candidates": [c["method"] for c in metrics.get("candidates", [])
+                                   if c["verdict"] != "passed"]}
 
 
 def finish(claim: Claim, result: JobResult) -> str:
@@ -293,7 +437,8 @@ def finish(claim: Claim, result: JobResult) -> str:
         audit.record(db, "model_version.created", "model", model.id, tenant_id=job.tenant_id,
                      actor=job.worker, data={"version": version, "job_id": job.id,
                                              "sha256": result.checkpoint_sha256,
-                                             "num_forgotten": len(job.forget_rows)})
+                                             "num_forgotten": len(job.forget_rows),
+                                             **gate_summary(result.metrics)})
         audit.record(db, "job.succeeded", "job", job.id, tenant_id=job.tenant_id,
                      actor=job.worker, data={"result_version": version,
                                              "metrics": result.metrics})

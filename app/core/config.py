@@ -8,9 +8,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.engine.gate_thresholds import GateThresholds
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore",
+                                      env_nested_delimiter="__")
 
     home: Path = Field(Path(".lethe"), description="State directory of the embedded default.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in home if unset.")
@@ -45,6 +48,14 @@ class Settings(BaseSettings):
     request_max_attempts: int = Field(3, ge=1, description="Jobs tried per request.")
     version_grace_seconds: float = Field(0.0, ge=0, description="How long a version that "
                                          "still carries forgotten data keeps its blobs.")
+    # The acceptance gate every candidate version must pass before it is published.
+    gate: GateThresholds = Field(
+        default_factory=GateThresholds,
+        description="Default thresholds (e.g. LETHE_GATE__MAX_UTILITY_DROP=3); a request's "
+                    "`gate` overrides them field by field.")
+    fallback_methods: list[str] = Field(
+        ["retrain"], description="Methods tried in turn, at their defaults, when a request's "
+                                 "method fails the gate and the request names no fallback.")
     receipt_key_file: Path | None = Field(None, description="Ed25519 private key (PEM) that "
                                           "signs receipts; home/receipt-key.pem if unset.")
 

@@ -94,7 +94,7 @@ def receipt_payload(db: Session, request: DeletionRequest) -> dict[str, Any]:
     job = db.get(Job, request.job_id)
     metrics = dict(job.metrics or {})
     return {
-        "receipt_version": 1,
+        "receipt_version": 2,
         "request_id": request.id,
         "model_id": request.model_id,
         "subject": request.subject,
@@ -106,6 +106,12 @@ def receipt_payload(db: Session, request: DeletionRequest) -> dict[str, Any]:
         "version_after": _version(db, request.model_id, job.result_version),
         "method": job.method,
         "params": job.params,
+        # The method that made the published version (a fallback when the requested one failed
+        # the acceptance gate), the gate's verdict and figures, and every candidate tried.
+        "method_used": metrics.pop("method", job.method),
+        "acceptance": metrics.pop("gate", None),
+        "candidates": [{"method": c["method"], "verdict": c["verdict"], "error": c["error"]}
+                       for c in metrics.pop("candidates", [])],
         "seed": job.params.get("seed"),
         "job_id": job.id,
         "lethe_version": app.__version__,

@@ -11,6 +11,19 @@ from app.jobs.schemas import JobOut
 DEFAULT_METHOD = "random-label"
 
 
+class FallbackStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field(..., max_length=100, description="A name from GET /v1/methods.")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="The method's parameters (its params_schema).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value
+
+
 class DeletionRequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -21,6 +34,15 @@ class DeletionRequestIn(BaseModel):
     method: str = Field(DEFAULT_METHOD, description="A name from GET /v1/methods.")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="The method's parameters (its params_schema).")
+    fallback: list[FallbackStep] | None = Field(
+        None, max_length=10,
+        description="Methods tried in turn, each a name or {method, params}, when a candidate "
+                    "fails the acceptance gate. Default: the service's chain, ending in "
+                    "retrain; [] for none (a failing candidate then fails the job).")
+    gate: dict[str, Any] | None = Field(
+        None, description="Overrides of the acceptance gate's thresholds, field by field "
+                          "(enforce, max_utility_drop, class_forget_max, forget_margin_above, "
+                          "forget_margin_below, mia_margin, z, sample_rows); see the README.")
     subject: str | None = Field(None, max_length=200, description="Who asked. Alone, without "
                                 "sample_ids or classes, it forgets all of that subject's samples.")
     reason: str | None = Field(None, max_length=2000)
@@ -41,6 +63,8 @@ class DeletionRequestOut(BaseModel):
     job_id: str | None
     method: str
     params: dict[str, Any]
+    fallback: list[dict[str, Any]] | None
+    gate: dict[str, Any] | None
     num_samples: int
     classes: list[int] | None
     subject: str | None
@@ -60,6 +84,7 @@ class DeletionRequestOut(BaseModel):
         open_ = request.status in ("received", "scheduled")
         return cls(id=request.id, model_id=request.model_id, status=request.status,
                    job_id=request.job_id, method=request.method, params=request.params,
+                   fallback=request.fallback, gate=request.gate,
                    num_samples=len(request.sample_ids), classes=request.classes,
                    subject=request.subject, reason=request.reason, attempts=request.attempts,
                    error=request.error, received_at=request.received_at,

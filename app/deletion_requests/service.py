@@ -17,16 +17,17 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.core.config import get_settings
 from app.core.db import lock_row, utcnow
-from app.core.errors import invalid, not_found
+from app.core.errors import Problem, invalid, not_found
 from app.core.ids import new_id
 from app.core.pagination import PageParams
 from app.datasets.tables import Dataset, Sample
-from app.deletion_requests.schemas import DeletionRequestIn
+from app.deletion_requests.schemas import DeletionRequestIn, FallbackStep
 from app.deletion_requests.tables import DeletionRequest
 from app.jobs.tables import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from app.models.service import validation_problem
 from app.models.tables import ForgottenSample, Model
 from app.tenants.service import Principal
+from worker.engine.gate_thresholds import GateThresholds
 from worker.engine.methods import METHODS, MethodParams
 from worker.engine.registry import UnknownEntryError
 
@@ -46,6 +47,33 @@ def resolve_params(method: str, params: dict) -> MethodParams:
         return method_cls.Params.model_validate(params)
     except ValidationError as exc:
         raise validation_problem("params", exc) from None
+
+
+def resolve_fallback(body: DeletionRequestIn) -> list[dict]:
+    """The chain tried after the request's method, validated now so a bad entry is a 422, not
+    a job that fails later; entries equal to an earlier one are dropped."""
+    steps = (body.fallback if body.fallback is not None
+             else [FallbackStep(method=name) for name in get_settings().fallback_methods])
+    chain = [{"method": body.method, "params": resolve_params(body.method, body.params)
+              .model_dump(mode="json")}]
+    for index, step in enumerate(steps):
+        try:
+            params = resolve_params(step.method, step.params).model_dump(mode="json")
+        except Problem as exc:
+            raise invalid(f"fallback[{index}]: {exc.detail}") from None
+        entry = {"method": step.method, "params": params}
+        if entry not in chain:
+            chain.append(entry)
+    return chain[1:]
+
+
+def resolve_gate(overrides: dict | None) -> dict:
+    """The service's gate thresholds with the request's overrides applied."""
+    merged = get_settings().gate.model_dump() | (overrides or {})
+    try:
+        return GateThresholds.model_validate(merged).model_dump(mode="json")
+    except ValidationError as exc:
+        raise validation_problem("gate", exc) from None
 
 
 def _listed(ids: list[str]) -> str:
@@ -118,8 +146,9 @@ def forget_set(db: Session, model: Model, body: DeletionRequestIn) -> dict[str, 
 
 
 def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | None,
-             method: str, params: dict) -> Job:
-    """Merge into the model's waiting job of the same kind, or queue a new one.
+             method: str, params: dict, fallback: list[dict], gate: dict) -> Job:
+    """Merge into the model's waiting job of the same kind (method, parameters, fallback chain
+    and gate alike), or queue a new one.
 
     The caller holds the model's row lock, so a worker cannot claim the job mid-merge.
     """
@@ -127,14 +156,16 @@ def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | No
         Job.model_id == model.id, Job.status == QUEUED, Job.method == method,
         Job.cancel_requested.is_(False)).order_by(Job.created_at)).all()
     for job in waiting:
-        if job.params == params and (job.forget_classes is None) == (classes is None):
+        same_terms = job.params == params and job.fallback == fallback and job.gate == gate
+        if same_terms and (job.forget_classes is None) == (classes is None):
             job.forget_rows = sorted(set(job.forget_rows) | set(rows))
             if classes is not None:
                 job.forget_classes = sorted(set(job.forget_classes) | set(classes))
             return job
     now = utcnow()
     job = Job(id=new_id("job"), tenant_id=model.tenant_id, model_id=model.id, method=method,
-              params=params, forget_rows=sorted(rows), forget_classes=classes, status=QUEUED,
+              params=params, fallback=fallback, gate=gate, forget_rows=sorted(rows),
+              forget_classes=classes, status=QUEUED,
               not_before=now + timedelta(seconds=get_settings().coalesce_window_seconds))
     db.add(job)
     db.flush()
@@ -146,15 +177,18 @@ def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | No
 def create_request(db: Session, principal: Principal, model: Model,
                    body: DeletionRequestIn) -> tuple[DeletionRequest, Job]:
     params = resolve_params(body.method, body.params).model_dump(mode="json")
+    fallback, gate = resolve_fallback(body), resolve_gate(body.gate)
     # Serialise requests on one model so two can never schedule the same sample.
     lock_row(db, Model, model.id)
     rows = forget_set(db, model, body)
-    job = schedule(db, model, list(rows.values()), body.classes, body.method, params)
+    job = schedule(db, model, list(rows.values()), body.classes, body.method, params,
+                   fallback, gate)
     received = utcnow()
     request = DeletionRequest(
         id=new_id("dr"), tenant_id=principal.tenant_id, model_id=model.id,
         sample_ids=sorted(rows), classes=body.classes, subject=body.subject, reason=body.reason,
-        method=body.method, params=params, status=SCHEDULED, job_id=job.id,
+        method=body.method, params=params, fallback=fallback, gate=gate, status=SCHEDULED,
+        job_id=job.id,
         received_at=received,
         deadline=received + timedelta(days=get_settings().deletion_deadline_days))
     db.add(request)
@@ -162,7 +196,8 @@ def create_request(db: Session, principal: Principal, model: Model,
     audit.record(db, "deletion_request.received", "deletion_request", request.id,
                  tenant_id=principal.tenant_id, actor=principal.key_id,
                  data={"model_id": model.id, "num_samples": len(rows), "classes": body.classes,
-                       "subject": body.subject, "method": body.method, "job_id": job.id})
+                       "subject": body.subject, "method": body.method, "job_id": job.id,
+                       "fallback": [step["method"] for step in fallback], "gate": gate})
     return request, job
 
 
@@ -196,7 +231,7 @@ def _retry_or_fail(db: Session, job: Job, request: DeletionRequest) -> str | Non
     dataset = db.get(Dataset, model.dataset_id)
     rows = rows_of_sample_ids(db, dataset, request.sample_ids)
     retry = schedule(db, model, list(rows.values()), request.classes, request.method,
-                     request.params)
+                     request.params, request.fallback, request.gate)
     request.job_id, request.status = retry.id, SCHEDULED
     return retry.id
 

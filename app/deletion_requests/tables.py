@@ -21,6 +21,10 @@ class DeletionRequest(Base):
     reason: Mapped[str | None] = mapped_column(String(2000))
     method: Mapped[str] = mapped_column(String(100))
     params: Mapped[dict]
+    # Methods tried in turn when `method` fails the acceptance gate, and the gate's thresholds
+    # (both resolved against the service's defaults when the request arrived).
+    fallback: Mapped[list | None]
+    gate: Mapped[dict | None]
     status: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(default=0)  # jobs that tried to serve it
     error: Mapped[dict | None]  # why the last attempt failed, as a problem object

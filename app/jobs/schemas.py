@@ -14,6 +14,8 @@ class JobOut(BaseModel):
     model_id: str
     method: str
     params: dict[str, Any]
+    fallback: list[dict[str, Any]] | None
+    gate: dict[str, Any] | None
     num_forget_samples: int
     forget_classes: list[int] | None
     base_version: int | None
@@ -31,6 +33,7 @@ class JobOut(BaseModel):
         return cls(
             id=job.id, status=job.status, progress=job.progress, phase=job.phase,
             model_id=job.model_id, method=job.method, params=job.params,
+            fallback=job.fallback, gate=job.gate,
             num_forget_samples=len(job.forget_rows), forget_classes=job.forget_classes,
             base_version=job.base_version, result_version=job.result_version,
             metrics=job.metrics, error=job.error, attempts=job.attempts,

@@ -23,6 +23,9 @@ class Job(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     method: Mapped[str] = mapped_column(String(100))
     params: Mapped[dict]
+    # [{"method", "params"}, ...] tried in turn when a candidate fails the gate; gate thresholds.
+    fallback: Mapped[list | None]
+    gate: Mapped[dict | None]
     forget_rows: Mapped[list]  # dataset rows to forget
     forget_classes: Mapped[list | None]
     status: Mapped[str] = mapped_column(String(16), default=QUEUED, index=True)

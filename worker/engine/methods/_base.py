@@ -108,6 +108,9 @@ class UnlearningMethod(ABC):
     summary: ClassVar[str]
     reference: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # Exact methods (retraining) give what a model that never saw D_f gives, by construction:
+    # the acceptance gate records their figures but does not second-guess them.
+    exact: ClassVar[bool] = False
 
     def run(self, task: UnlearningTask, params: MethodParams) -> UnlearningOutcome:
         """Unlearn with every random choice seeded by ``params.seed``."""

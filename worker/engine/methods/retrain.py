@@ -28,6 +28,7 @@ class Retrain(UnlearningMethod):
                  "Unlearning\", IEEE S&P 2015; Bourtoule et al., \"Machine Unlearning\", "
                  "IEEE S&P 2021.")
     Params = RetrainParams
+    exact = True
 
     def unlearn(self, task: UnlearningTask, params: RetrainParams) -> UnlearningOutcome:
         data = task.data

@@ -1,0 +1,294 @@
+"""The acceptance gate: a candidate version is published only if it kept the base version's
+utility and forgot what it was asked to, as a model that never saw the forget set would.
+
+Every criterion compares two measured figures and allows for their sampling error, so a
+model retrained from scratch passes, while one that lost accuracy, still knows its forget set,
+or over-forgot it (forget accuracy or membership far below the held-out level: the forget set
+now stands out as much as it did before, in the other direction) fails. Figures are percent.
+
+- utility: test accuracy (on the retained classes' rows after class forgetting) and retain
+  accuracy may not fall more than ``max_utility_drop`` points below the base version's;
+- class forgetting: a forgotten class's accuracy is at most ``class_forget_max``;
+- random forgetting: forget accuracy sits within ``forget_margin_above`` points above and
+  ``forget_margin_below`` points below the candidate's own held-out (test) accuracy, and the
+  share of D_f a membership attack calls non-member within ``mia_margin`` of the share of
+  held-out rows it calls so;
+- always: finite outputs, and at least one weight changed.
+
+Each margin is widened to ``z`` standard errors of the difference it bounds when the samples
+are too small for the fixed margin to mean anything (a 150-row forget set's accuracy alone
+carries ±2 points of noise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from worker.engine.gate_thresholds import GateThresholds
+from worker.engine.methods._base import UnlearningData
+from worker.engine.metrics import mia_features, predict_logits
+
+MEMBER, NON_MEMBER = 1, 0
+
+__all__ = ["Criterion", "GateThresholds", "GateVerdict", "judge", "weights_changed"]
+
+
+@dataclass
+class Criterion:
+    name: str
+    value: float  # the measured figure
+    bound: float  # the limit it was held to
+    kind: str  # "min" (value must be >= bound) or "max" (value must be <= bound)
+    passed: bool
+    detail: str
+
+    @property
+    def shortfall(self) -> float:
+        """Points by which the criterion failed (0 when it passed)."""
+        return 0.0 if self.passed else round(abs(self.value - self.bound), 2)
+
+
+@dataclass
+class GateVerdict:
+    passed: bool
+    criteria: list[Criterion]
+    figures: dict[str, float | None]
+    exact: bool = False  # retraining: published whatever its noise-level figures say
+    thresholds: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[Criterion]:
+        return [c for c in self.criteria if not c.passed]
+
+    def describe_failures(self) -> str:
+        return "; ".join(c.detail for c in self.failed) or "every criterion passed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": "passed" if self.passed else "failed",
+            "exact": self.exact,
+            "figures": self.figures,
+            "criteria": [asdict(c) | {"shortfall": c.shortfall} for c in self.criteria],
+            "thresholds": self.thresholds,
+        }
+
+
+def _minimum(name: str, value: float, bound: float, what: str) -> Criterion:
+    passed = value >= bound
+    relation = ">=" if passed else "<"
+    return Criterion(name, round(value, 2), round(bound, 2), "min", passed,
+                     f"{what} {value:.2f} {relation} {bound:.2f}")
+
+
+def _maximum(name: str, value: float, bound: float, what: str) -> Criterion:
+    passed = value <= bound
+    relation = "<=" if passed else ">"
+    return Criterion(name, round(value, 2), round(bound, 2), "max", passed,
+                     f"{what} {value:.2f} {relation} {bound:.2f}")
+
+
+def _proportion_se(p: float, n: int) -> float:
+    """Standard error (points) of an accuracy ``p`` (percent) measured on ``n`` rows."""
+    if n == 0:
+        return 0.0
+    share = min(max(p / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(share * (1.0 - share) / n)
+
+
+def _paired_se(base_correct: torch.Tensor, cand_correct: torch.Tensor) -> float:
+    """Standard error (points) of the accuracy difference of two models on the same rows."""
+    if len(base_correct) < 2:
+        return 0.0
+    diff = cand_correct.double() - base_correct.double()
+    return 100.0 * float(diff.std()) / math.sqrt(len(diff))
+
+
+@dataclass
+class _Rows:
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    retain_x: torch.Tensor
+    retain_y: torch.Tensor
+    forget_x: torch.Tensor
+    forget_y: torch.Tensor
+
+
+def _sample(count: int, take: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randperm(count, generator=generator)[: min(take, count)].sort().values
+
+
+def gate_rows(data: UnlearningData, sample_rows: int, seed: int) -> _Rows:
+    """Seeded samples of the retained classes' test rows, D_r and D_f."""
+    generator = torch.Generator().manual_seed(seed)
+    test_x, test_y = data.x_test, data.y_test
+    if data.forget_classes:
+        keep = ~torch.isin(test_y, torch.tensor(data.forget_classes, dtype=test_y.dtype))
+        test_x, test_y = test_x[keep], test_y[keep]
+    test = _sample(len(test_y), sample_rows, generator)
+    retain = data.retain_idx[_sample(len(data.retain_idx), sample_rows, generator)]
+    forget = data.forget_idx[_sample(len(data.forget_idx), sample_rows, generator)]
+    return _Rows(test_x[test], test_y[test], data.x_train[retain], data.y_train[retain],
+                 data.x_train[forget], data.y_train[forget])
+
+
+def weights_changed(base: nn.Module, candidate: nn.Module) -> bool:
+    base_state, candidate_state = base.state_dict(), candidate.state_dict()
+    if base_state.keys() != candidate_state.keys():
+        return True
+    return any(not torch.equal(base_state[k].cpu(), candidate_state[k].cpu())
+               for k in base_state)
+
+
+def judge(base: nn.Module, candidate: nn.Module, data: UnlearningData,
+          thresholds: GateThresholds, device: torch.device, *, seed: int = 0,
+          exact: bool = False) -> GateVerdict:
+    """Measure ``candidate`` against ``base`` on ``data``'s forget request."""
+    rows = gate_rows(data, thresholds.sample_rows, seed)
+    base_out = _Outputs.of(base, rows, device)
+    cand_out = _Outputs.of(candidate, rows, device)
+    figures: dict[str, float | None] = {
+        "base_test_accuracy": base_out.test_acc, "test_accuracy": cand_out.test_acc,
+        "base_retain_accuracy": base_out.retain_acc, "retain_accuracy": cand_out.retain_acc,
+        "base_forget_accuracy": base_out.forget_acc, "forget_accuracy": cand_out.forget_acc,
+        "rows": {"test": len(rows.test_y), "retain": len(rows.retain_y),
+                 "forget": len(rows.forget_y)},
+    }
+    if not cand_out.finite:
+        criteria = [Criterion("finite", 0, 1, "min", False,
+                              "the candidate outputs NaN or infinity")]
+        return GateVerdict(False, criteria, figures, exact, thresholds.model_dump())
+    criteria = [_changed(base, candidate), *_utility(base_out, cand_out, thresholds)]
+    if data.forget_classes:
+        criteria.append(_maximum("class_forget_accuracy", cand_out.forget_acc,
+                                 thresholds.class_forget_max, "forgotten-class accuracy"))
+    else:
+        criteria += _random_forgetting(cand_out, rows, thresholds, seed, figures)
+    passed = exact or all(c.passed for c in criteria)
+    return GateVerdict(passed, criteria, figures, exact, thresholds.model_dump())
+
+
+def _changed(base: nn.Module, candidate: nn.Module) -> Criterion:
+    changed = weights_changed(base, candidate)
+    return Criterion("weights_changed", float(changed), 1.0, "min", changed,
+                     "weights changed" if changed else "no weight changed: nothing was unlearned")
+
+
+def _utility(base: _Outputs, cand: _Outputs, thresholds: GateThresholds) -> list[Criterion]:
+    criteria = []
+    for name, base_correct, cand_correct in (
+            ("test_accuracy", base.test_correct, cand.test_correct),
+            ("retain_accuracy", base.retain_correct, cand.retain_correct)):
+        allowed = max(thresholds.max_utility_drop,
+                      thresholds.z * _paired_se(base_correct, cand_correct))
+        base_acc, cand_acc = _percent(base_correct), _percent(cand_correct)
+        criteria.append(_minimum(name, cand_acc, base_acc - allowed,
+                                 f"{name.replace('_', ' ')} (base {base_acc:.2f}, allowed drop "
+                                 f"{allowed:.2f})"))
+    return criteria
+
+
+def _random_forgetting(cand: _Outputs, rows: _Rows, thresholds: GateThresholds, seed: int,
+                       figures: dict) -> list[Criterion]:
+    held_out, forget = cand.test_acc, cand.forget_acc
+    noise = thresholds.z * math.hypot(_proportion_se(held_out, len(rows.test_y)),
+                                      _proportion_se(forget, len(rows.forget_y)))
+    above = max(thresholds.forget_margin_above, noise)
+    below = max(thresholds.forget_margin_below, noise)
+    criteria = [
+        _maximum("forget_accuracy_not_remembered", forget, held_out + above,
+                 f"forget accuracy (held-out {held_out:.2f} + {above:.2f})"),
+        _minimum("forget_accuracy_not_overforgotten", forget, held_out - below,
+                 f"forget accuracy (held-out {held_out:.2f} - {below:.2f})"),
+    ]
+    mia = membership_shares(cand, rows, seed)
+    if mia is None:
+        return criteria
+    forget_share, held_out_share, n_held_out = mia
+    figures["mia_forget_nonmember"] = round(forget_share, 2)
+    figures["mia_held_out_nonmember"] = round(held_out_share, 2)
+    mia_noise = thresholds.z * math.hypot(_proportion_se(held_out_share, n_held_out),
+                                          _proportion_se(forget_share, len(rows.forget_y)))
+    margin = max(thresholds.mia_margin, mia_noise)
+    criteria += [
+        _minimum("mia_not_remembered", forget_share, held_out_share - margin,
+                 f"share of D_f the attack calls non-member (held-out {held_out_share:.2f} - "
+                 f"{margin:.2f})"),
+        _maximum("mia_not_overforgotten", forget_share, held_out_share + margin,
+                 f"share of D_f the attack calls non-member (held-out {held_out_share:.2f} + "
+                 f"{margin:.2f})"),
+    ]
+    return criteria
+
+
+def membership_shares(cand: _Outputs, rows: _Rows, seed: int
+                      ) -> tuple[float, float, int] | None:
+    """Train a member/non-member attack (logistic regression on confidence and entropy) on
+    retain rows against half the test rows; return the share of D_f and of the other half of
+    the test rows it calls non-member, and that half's size."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    test_features = mia_features(cand.test_logits, rows.test_y)
+    half = len(test_features) // 2
+    if half < 10 or len(rows.forget_y) == 0 or len(rows.retain_y) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(test_features))
+    train_non, held_out = test_features[order[:half]], test_features[order[half:]]
+    members = mia_features(cand.retain_logits, rows.retain_y)
+    n = min(len(members), half)
+    members = members[rng.choice(len(members), size=n, replace=False)]
+    train_non = train_non[:n]
+    attack = make_pipeline(StandardScaler(), LogisticRegression())
+    attack.fit(np.concatenate([members, train_non]),
+               np.concatenate([np.full(n, MEMBER), np.full(n, NON_MEMBER)]))
+    forget_share = float((attack.predict(mia_features(cand.forget_logits, rows.forget_y))
+                          == NON_MEMBER).mean())
+    held_out_share = float((attack.predict(held_out) == NON_MEMBER).mean())
+    return 100.0 * forget_share, 100.0 * held_out_share, len(held_out)
+
+
+def _percent(correct: torch.Tensor) -> float:
+    return 100.0 * float(correct.double().mean()) if len(correct) else 0.0
+
+
+@dataclass
+class _Outputs:
+    test_logits: torch.Tensor
+    retain_logits: torch.Tensor
+    forget_logits: torch.Tensor
+    test_correct: torch.Tensor
+    retain_correct: torch.Tensor
+    forget_correct: torch.Tensor
+
+    @classmethod
+    def of(cls, model: nn.Module, rows: _Rows, device: torch.device) -> _Outputs:
+        logits = [predict_logits(model, x, device)
+                  for x in (rows.test_x, rows.retain_x, rows.forget_x)]
+        correct = [lg.argmax(1) == y for lg, y in
+                   zip(logits, (rows.test_y, rows.retain_y, rows.forget_y), strict=True)]
+        return cls(*logits, *correct)
+
+    @property
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(lg).all())
+                   for lg in (self.test_logits, self.retain_logits, self.forget_logits))
+
+    @property
+    def test_acc(self) -> float:
+        return _percent(self.test_correct)
+
+    @property
+    def retain_acc(self) -> float:
+        return _percent(self.retain_correct)
+
+    @property
+    def forget_acc(self) -> float:
+        return _percent(self.forget_correct)
