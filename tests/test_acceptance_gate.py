@@ -213,15 +213,27 @@ def test_bad_gate_and_fallback_are_422_and_change_nothing(sqlite_api, digits_npz
     assert api.get("/v1/jobs").json()["items"] == []
 
 
-def test_the_service_default_chain_and_thresholds_are_recorded(sqlite_api, digits_npz,
+def test_the_service_default_chain_and_thresholds_are_recorded(configure, digits_npz,
                                                                digits_weights):
-    api = sqlite_api
+    from tests.conftest import api_client
+
+    configure(gate__forget_margin_above="4")
+    with api_client() as api:
+        _check_defaults_are_recorded(api, digits_npz, digits_weights)
+
+
+def _check_defaults_are_recorded(api, digits_npz, digits_weights):
+    published = api.get("/v1/acceptance-gate").json()
+    assert published["fallback"] == ["retrain"]
+    assert published["thresholds"]["forget_margin_above"] == 4  # from LETHE_GATE__…
+    assert "max_utility_drop" in published["thresholds_schema"]["properties"]
     _, model = register_digits(api, digits_npz, digits_weights)
     request = _request(api, model["id"], sample_ids=sample_ids(api, model["dataset_id"], 3),
                        method="retrain", gate={"max_utility_drop": 3})
     assert request["fallback"] == []  # retrain, the default chain's end, is already first
     assert request["gate"]["max_utility_drop"] == 3
     assert request["gate"]["class_forget_max"] == GateThresholds().class_forget_max
+    assert request["gate"]["forget_margin_above"] == 4
     other = _request(api, model["id"], sample_ids=sample_ids(api, model["dataset_id"], 6)[3:])
     assert [step["method"] for step in other["fallback"]] == ["retrain"]
     api.wait_for_job(other["job_id"])

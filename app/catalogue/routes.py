@@ -8,7 +8,9 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from app.core.auth import current_principal
+from app.core.config import get_settings
 from worker.engine.architectures import ARCHITECTURES
+from worker.engine.gate_thresholds import GateThresholds
 from worker.engine.methods import METHODS
 
 router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(current_principal)])
@@ -38,3 +40,17 @@ def list_architectures():
     return [ArchitectureOut(name=name, summary=arch.summary,
                             config_schema=arch.config_model.model_json_schema())
             for name, arch in ARCHITECTURES]
+
+
+class GateOut(BaseModel):
+    thresholds: GateThresholds
+    fallback: list[str]
+    thresholds_schema: dict[str, Any]
+
+
+@router.get("/acceptance-gate", response_model=GateOut,
+            summary="What every candidate version must meet, and the default fallback chain")
+def acceptance_gate():
+    settings = get_settings()
+    return GateOut(thresholds=settings.gate, fallback=settings.fallback_methods,
+                   thresholds_schema=GateThresholds.model_json_schema())
