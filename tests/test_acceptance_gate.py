@@ -5,6 +5,7 @@ receipt and the audit trail."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_a_wrecked_model_fails_on_utility_by_how_much(base, digits):
     assert {"test_accuracy", "retain_accuracy"} <= set(failed)
     test = failed["test_accuracy"]
     assert test.shortfall == pytest.approx(test.bound - test.value, abs=0.01) and test.shortfall > 5
-    assert verdict.as_dict()["verdict"] == "failed"
+    assert json.loads(json.dumps(verdict.as_dict()))["verdict"] == "failed"  # stored as JSON
 
 
 def test_a_class_that_is_still_known_fails(base, digits):
@@ -72,6 +73,18 @@ def test_a_class_that_is_still_known_fails(base, digits):
                     GateThresholds(), CPU)
     assert [c.name for c in verdict.failed] == ["class_forget_accuracy"]
     assert verdict.figures["forget_accuracy"] > 50
+    json.dumps(verdict.as_dict())
+
+
+def test_a_tiny_forget_set_is_not_refused_for_the_luck_of_its_draw():
+    from worker.engine.gate import _share_bound
+
+    # 0 of 20 rows where 12% is expected happens by chance 8% of the time: not significant.
+    lucky = _share_bound("mia", 0.0, 20, 12.0, "min", "share", z=2.0)
+    assert lucky.passed and lucky.value < lucky.bound
+    # 0 of 400 is no luck.
+    assert not _share_bound("mia", 0.0, 400, 12.0, "min", "share", z=2.0).passed
+    assert _share_bound("acc", 50.0, 400, 60.0, "max", "share", z=2.0).passed  # within bound
 
 
 class MisleadsOnRows(torch.nn.Module):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,10 @@ def celery_env(configure, postgres_url):
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], log: Path):
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 1):
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"],
+            [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency)],
             cwd=ROOT, env=os.environ | env | {"PYTHONUNBUFFERED": "1"},
             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -215,3 +216,58 @@ def test_core_methods_run_on_the_celery_worker(worker, digits_npz, digits_weight
             assert job["status"] == "succeeded", (job, worker.log.read_text()[-3000:])
             assert (job["base_version"], job["result_version"]) == (version - 1, version)
             assert job["metrics"]["forget_accuracy"] < 0.05
+
+
+def test_a_burst_over_many_models_loses_nothing_and_stalls_no_model(celery_env, digits_npz,
+                                                                    digits_weights, tmp_path):
+    """200 requests from 32 threads, 140 of them for one model: each is recorded and served,
+    none gets a 5xx, requests that join a waiting job add no message, and the other models'
+    jobs start within seconds of the busy one's."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.test_deletion_lifecycle import wait_for_request
+
+    with api_client() as api:
+        dataset, busy = register_digits(api, digits_npz, digits_weights)
+        others = [api.register_model(dataset["id"], digits_weights).json() for _ in range(3)]
+        ids = sample_ids(api, dataset["id"], 200)
+        plan = [(busy["id"], ids[i]) for i in range(140)]
+        plan += [(m["id"], ids[140 + 20 * k + i]) for k, m in enumerate(others) for i in range(20)]
+        random.Random(0).shuffle(plan)
+
+        def ask(item: tuple[str, str]) -> tuple[int, dict]:
+            model_id, sample_id = item
+            with TestClient(create_app(run_worker=False)) as client:
+                response = client.post(
+                    f"/v1/models/{model_id}/deletion-requests", headers=api.headers,
+                    json={"sample_ids": [sample_id], "method": "finetune",
+                          "params": {"epochs": 1}, "fallback": []})
+            return response.status_code, response.json()
+
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            answers = list(pool.map(ask, plan))
+        assert [status for status, _ in answers] == [202] * 200, answers
+        jobs = {body["job_id"] for _, body in answers}
+        queue = os.environ["LETHE_QUEUE_NAME"]
+        assert redis.Redis.from_url(REDIS_URL).llen(queue) == len(jobs)  # one message a job
+
+        worker = Worker(celery_env, tmp_path / "worker.log", concurrency=2)
+        try:
+            finished = [wait_for_request(api, body["id"], timeout=240) for _, body in answers]
+        finally:
+            worker.stop()
+        failures = [(r["status"], r["error"]) for r in finished if r["status"] != "completed"]
+        assert not failures, failures[:3]
+        starts = {}
+        for job_id in jobs:
+            job = api.get(f"/v1/jobs/{job_id}").json()
+            starts.setdefault(job["model_id"], []).append(job["started_at"])
+        first = sorted(min(times) for times in starts.values())
+        spread = (datetime.fromisoformat(first[-1]) - datetime.fromisoformat(first[0]))
+        assert spread.total_seconds() < 30, starts  # no model waited for the busy one's burst
+        assert "Deadlock" not in worker.log.read_text()

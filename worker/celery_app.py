@@ -1,14 +1,11 @@
-"""The Celery application, configured for long GPU jobs."""
+"""The Celery application, configured for long GPU jobs. Configuration only: the tasks and the
+worker's signal handlers live in ``worker.tasks``."""
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from functools import lru_cache
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
 
 from app.core.config import Settings, get_settings
 
@@ -25,7 +22,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=1,  # a fresh process per job releases all CUDA memory
+        # A child serves many messages: most find their job busy or done and must cost
+        # milliseconds, not a process start. Each job frees its memory when it ends (see
+        # execution.release_memory); a child that still grows past this is replaced.
+        worker_max_memory_per_child=settings.worker_max_memory_mb * 1024,
         task_default_queue=settings.queue_name,
         task_routes={"lethe.run_job": {"queue": settings.queue_name}},
         task_time_limit=settings.job_time_limit_seconds,
@@ -45,32 +45,3 @@ def get_celery() -> Celery:
 
 
 celery_app = get_celery()
-
-
-@worker_process_init.connect
-def _fresh_connections(**_kwargs) -> None:
-    # Connections inherited from the parent through fork must not be shared with it.
-    from app.core.db import get_engine
-
-    if get_engine.cache_info().currsize:
-        get_engine().dispose(close=False)
-
-
-@worker_ready.connect
-def _start_sweeper(**_kwargs) -> None:
-    """In the worker's main process: re-send jobs whose message was lost (see sweep_stalled)."""
-    from worker.dispatch import sweep_stalled
-    from worker.maintenance import periodic_upkeep
-
-    interval = get_settings().sweep_interval_seconds
-
-    def loop() -> None:
-        while True:
-            try:
-                sweep_stalled()
-                periodic_upkeep()
-            except Exception:  # noqa: BLE001 - try again next round
-                logging.getLogger(__name__).exception("sweep failed")
-            time.sleep(interval)
-
-    threading.Thread(target=loop, daemon=True, name="lethe-sweeper").start()

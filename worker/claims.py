@@ -1,8 +1,10 @@
 """Guarded job-state transitions: the SQL row decides who runs a job, never the message.
 
-Every transition is a conditional update inside a transaction that holds the job (and, when
-starting, its model) locked, so a redelivered or duplicated message can never run a finished
-job again, and two runs of one job can never both commit a version.
+Every transition is a conditional update inside a transaction that holds the job's model and
+the job locked, so a redelivered or duplicated message can never run a finished job again, and
+two runs of one job can never both commit a version. Locks are always taken model first, then
+job (then the audit chain's head), in the API as here, so no two transactions wait on each
+other in a cycle.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Claim:
     job_id: str
     attempt: int = 0
     base_version: int | None = None
+    model_id: str | None = None
 
 
 def lease_cutoff():
@@ -56,7 +59,8 @@ def _model_busy(db: Session, job: Job) -> bool:
 
 def claim(db: Session, job_id: str, worker: str) -> Claim:
     """queued → running, or take over a running job whose worker stopped heart-beating."""
-    if not lock_row(db, Job, job_id):
+    model_id = db.scalar(select(Job.model_id).where(Job.id == job_id))
+    if model_id is None or not lock_row(db, Model, model_id) or not lock_row(db, Job, job_id):
         return Claim(Verdict.DONE, job_id)
     job = db.get(Job, job_id, populate_existing=True)
     if job.status in FINAL_STATES:
@@ -66,8 +70,7 @@ def claim(db: Session, job_id: str, worker: str) -> Claim:
         return Claim(Verdict.BUSY, job_id)
     if job.status == QUEUED and job.not_before and job.not_before > utcnow():
         return Claim(Verdict.BUSY, job_id)  # still collecting requests to coalesce
-    lock_row(db, Model, job.model_id)
-    model = db.get(Model, job.model_id, populate_existing=True)
+    model = db.get(Model, model_id, populate_existing=True)
     if _model_busy(db, job):
         return Claim(Verdict.BUSY, job_id)
     if job.attempts >= get_settings().job_max_attempts:
@@ -83,11 +86,17 @@ def claim(db: Session, job_id: str, worker: str) -> Claim:
     audit.record(db, "job.started", "job", job.id, tenant_id=job.tenant_id, actor=worker,
                  data={"attempt": job.attempts, "base_version": job.base_version,
                        "takeover": takeover})
-    return Claim(Verdict.CLAIMED, job_id, job.attempts, job.base_version)
+    return Claim(Verdict.CLAIMED, job_id, job.attempts, job.base_version, model_id)
+
+
+def lock_model(db: Session, claim_: Claim) -> None:
+    lock_row(db, Model, claim_.model_id)
 
 
 def owned(db: Session, claim_: Claim) -> Job | None:
-    """The job, locked, if this claim still holds it (no takeover or cancellation since)."""
+    """The job, locked (its model first), if this claim still holds it (no takeover or
+    cancellation since)."""
+    lock_model(db, claim_)
     still_ours = db.execute(update(Job).where(
         Job.id == claim_.job_id, Job.status == RUNNING, Job.attempts == claim_.attempt,
     ).values(heartbeat_at=utcnow())).rowcount

@@ -123,7 +123,7 @@ class EmbeddedWorker:
         from worker.execution import execute_job
 
         try:
-            execute_job(job_id, worker="embedded")
+            execute_job(job_id, worker="embedded")  # follow-ups are found by the next poll
         except Exception:  # noqa: BLE001 - logged; the row stays the source of truth
             log.exception("embedded run of job %s crashed", job_id)
         finally:

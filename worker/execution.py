@@ -1,11 +1,14 @@
 """Running one unlearning job: claim it, unlearn, evaluate, commit the new version exactly once.
 
-Both the Celery task and the in-process worker call :func:`execute_job`.
+Both the Celery task and the in-process worker call :func:`execute_job`. The runner knows
+nothing of how jobs are delivered: the jobs a failure schedules anew come back in the
+:class:`Execution` for the caller to send.
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import threading
 import time
@@ -19,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.audit import service as audit
 from app.core.config import get_settings
-from app.core.db import in_chunks, lock_row, new_session, session_scope, utcnow
+from app.core.db import in_chunks, new_session, retry_on_conflict, session_scope, utcnow
 from app.core.storage import get_blob_store
 from app.datasets.tables import Dataset, Sample
 from app.deletion_requests.service import settle_requests_of
@@ -28,7 +31,6 @@ from app.models.service import withdraw_superseded
 from app.models.tables import ForgottenSample, Model, ModelVersion
 from worker import claims
 from worker.claims import Claim, Verdict
-from worker.dispatch import send_job
 from worker.engine.architectures import build_model
 from worker.engine.data.arrays import DatasetArrays
 from worker.engine.device import describe_hardware, pick_device
@@ -80,14 +82,37 @@ class JobResult:
     artifacts: dict[str, str]
 
 
-def execute_job(job_id: str, worker: str) -> Verdict:
-    """Run the job if this worker may; the verdict tells the caller whether to ask again."""
-    with session_scope() as db:
-        claim = claims.claim(db, job_id, worker)
+@dataclass(frozen=True)
+class Execution:
+    verdict: Verdict  # BUSY: ask again later; DONE: drop the message
+    # Jobs scheduled anew for the requests of a failed job: the caller sends them.
+    follow_ups: tuple[str, ...] = ()
+
+
+def execute_job(job_id: str, worker: str) -> Execution:
+    """Run the job if this worker may."""
+    claim = retry_on_conflict(lambda db: claims.claim(db, job_id, worker))
     if claim.verdict is not Verdict.CLAIMED:
-        return claim.verdict
+        return Execution(claim.verdict)
     reporter = ProgressReporter(claim)
     reporter.start()
+    try:
+        return _run(claim, reporter)
+    finally:
+        reporter.stop()
+        release_memory()
+
+
+def release_memory() -> None:
+    """Free what the job held (models, activations, cached GPU blocks), so the process can
+    take the next message as it was before this one."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _run(claim: Claim, reporter: ProgressReporter) -> Execution:
+    job_id = claim.job_id
     try:
         result = run_claimed(claim, reporter)
         dataset_id = finish(claim, result)
@@ -98,25 +123,25 @@ def execute_job(job_id: str, worker: str) -> Verdict:
         log.warning("job %s was taken over; dropping this run's result", job_id)
     except GateRejected as rejected:
         log.warning("job %s: no candidate passed the acceptance gate: %s", job_id, rejected)
-        for retry_job in _settle(claim, lambda db, job, why=rejected: reject(db, job, why)) or []:
-            send_job(retry_job)
+        return _failed(_settle(claim, lambda db, job, why=rejected: reject(db, job, why)))
     except WorkerStopping:
         _settle(claim, lambda db, job: claims.requeue(db, job, "worker stopped",
                                                       refund_attempt=True))
-        return Verdict.BUSY
+        return Execution(Verdict.BUSY)
     except TRANSIENT_ERRORS as exc:
         log.warning("job %s hit a transient error: %s", job_id, exc)
         reason = f"{type(exc).__name__}: {exc}"
         _settle(claim, lambda db, job: claims.requeue(db, job, reason))
-        return Verdict.BUSY
+        return Execution(Verdict.BUSY)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         detail = f"{type(exc).__name__}: {exc}"
-        for retry_job in _settle(claim, lambda db, job: claims.fail(db, job, detail)) or []:
-            send_job(retry_job)
-    finally:
-        reporter.stop()
-    return Verdict.DONE
+        return _failed(_settle(claim, lambda db, job: claims.fail(db, job, detail)))
+    return Execution(Verdict.DONE)
+
+
+def _failed(follow_ups: list[str] | None) -> Execution:
+    return Execution(Verdict.DONE, tuple(follow_ups or ()))
 
 
 def reject(db, job: Job, rejected: GateRejected) -> list[str]:
@@ -133,9 +158,11 @@ def reject(db, job: Job, rejected: GateRejected) -> list[str]:
 
 
 def _settle(claim: Claim, transition):
-    with session_scope() as db:
+    def settle(db):
         job = claims.owned(db, claim)
         return transition(db, job) if job is not None else None
+
+    return retry_on_conflict(settle)
 
 
 class ProgressReporter:
@@ -412,7 +439,6 @@ def finish(claim: Claim, result: JobResult) -> str:
         job = claims.owned(db, claim)
         if job is None:
             raise LostJob(claim.job_id)
-        lock_row(db, Model, job.model_id)
         model = db.get(Model, job.model_id, populate_existing=True)
         version = model.latest_version + 1
         dataset_id = model.dataset_id

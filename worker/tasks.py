@@ -1,17 +1,55 @@
-"""Celery tasks: thin wrappers around the job runner."""
+"""Celery tasks and the worker's signal handlers: thin wrappers around the job runner."""
 
 from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery.signals import worker_process_init, worker_ready
 
 from app.core.config import get_settings
 from worker.celery_app import celery_app
 from worker.claims import Verdict
+from worker.dispatch import send_job, sweep_stalled
 from worker.execution import execute_job
+from worker.maintenance import periodic_upkeep
+
+log = logging.getLogger(__name__)
 
 
 @celery_app.task(bind=True, name="lethe.run_job", max_retries=None)
 def run_job(self, job_id: str) -> str:
-    verdict = execute_job(job_id, worker=self.request.hostname or "celery")
-    if verdict is Verdict.BUSY:
+    execution = execute_job(job_id, worker=self.request.hostname or "celery")
+    for follow_up in execution.follow_ups:
+        send_job(follow_up)
+    if execution.verdict is Verdict.BUSY:
         # The model is busy with an earlier job (or a transient error hit): ask again later.
         raise self.retry(countdown=get_settings().busy_retry_seconds)
-    return verdict.value
+    return execution.verdict.value
+
+
+@worker_process_init.connect
+def _fresh_connections(**_kwargs) -> None:
+    # Connections inherited from the parent through fork must not be shared with it.
+    from app.core.db import get_engine
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose(close=False)
+
+
+@worker_ready.connect
+def _start_sweeper(**_kwargs) -> None:
+    """In the worker's main process: re-send jobs whose message was lost (see sweep_stalled)."""
+    interval = get_settings().sweep_interval_seconds
+
+    def loop() -> None:
+        while True:
+            try:
+                sweep_stalled()
+                periodic_upkeep()
+            except Exception:  # noqa: BLE001 - try again next round
+                log.exception("sweep failed")
+            time.sleep(interval)
+
+    threading.Thread(target=loop, daemon=True, name="lethe-sweeper").start()

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     max_archive_bytes: int = Field(4 << 30, description="What an upload may unpack to in all.")
     max_compression_ratio: float = Field(200.0, description="Beyond this a member is a bomb.")
     max_image_pixels: int = Field(4096 * 4096, description="Pixels of one uploaded image.")
+    # Every job loads a dataset's arrays whole and makes float32 inputs of them (4x), so this
+    # bounds a worker's memory too: 2 GiB of pixels is about 10 GiB per job. It holds
+    # Tiny-ImageNet (100,000 64x64 RGB images, 1.2 GB) with room; CIFAR-10 is 184 MB.
+    max_decoded_bytes: int = Field(2 << 30, gt=0, description="What an upload's images or "
+                                   "arrays may decode to in all (pixels × channels).")
 
     # Jobs.
     queue_name: str = Field("unlearning", description="The Celery queue jobs are routed to.")
@@ -38,6 +43,8 @@ class Settings(BaseSettings):
     redispatch_after_seconds: float = Field(300.0, description="A queued job unclaimed this "
                                             "long is sent again (a lost message).")
     sweep_interval_seconds: float = Field(30.0, description="Period of the workers' upkeep.")
+    worker_max_memory_mb: int = Field(16_384, ge=256, description="A Celery child whose "
+                                      "resident memory exceeds this after a job is replaced.")
     local_workers: int = Field(2, description="Concurrent jobs of the in-process worker.")
     torch_threads: int | None = Field(None, description="torch.set_num_threads for jobs.")
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import TypeVar
 
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from app.core.config import get_settings
+
+T = TypeVar("T")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -111,6 +117,51 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction lost a race and
+# may simply run again.
+RETRYABLE_SQLSTATES = {"40P01", "40001"}
+
+
+def lost_a_race(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in \
+        RETRYABLE_SQLSTATES
+
+
+def retry_on_conflict(work: Callable[[Session], T], attempts: int = 5) -> T:
+    """Run ``work`` in a transaction of its own, again (after a short, growing pause) when it
+    loses a deadlock or serialisation race, which a caller must never see."""
+
+    def in_own_session() -> T:
+        with session_scope() as db:
+            return work(db)
+
+    return _retrying(in_own_session, attempts)
+
+
+def retry_in_session(db: Session, work: Callable[[], T], attempts: int = 5) -> T:
+    """The same within a request's session: roll back and run ``work`` again."""
+
+    def once() -> T:
+        try:
+            return work()
+        except DBAPIError:
+            db.rollback()
+            raise
+
+    return _retrying(once, attempts)
+
+
+def _retrying(once: Callable[[], T], attempts: int) -> T:
+    for attempt in range(1, attempts + 1):
+        try:
+            return once()
+        except DBAPIError as exc:
+            if not lost_a_race(exc) or attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def get_db() -> Iterator[Session]:

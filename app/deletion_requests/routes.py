@@ -6,9 +6,10 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import current_principal
-from app.core.db import get_db
+from app.core.db import get_db, retry_in_session
 from app.core.idempotency import Idempotency, fingerprint, idempotency_key
-from app.core.pagination import Page, PageParams, page_of, page_params
+from app.core.openapi import AUTHENTICATED, ONE_RESOURCE, VALIDATED, problems
+from app.core.pagination import Page, PageParams, deadline_page_params, page_of
 from app.deletion_requests import receipts, service
 from app.deletion_requests.schemas import DeletionRequestIn, DeletionRequestOut
 from app.jobs.service import dispatch
@@ -20,7 +21,7 @@ router = APIRouter(tags=["deletion requests"])
 
 
 @router.post("/v1/models/{model_id}/deletion-requests", status_code=202,
-             response_model=DeletionRequestOut,
+             response_model=DeletionRequestOut, responses=problems(400, 401, 404, 413, 422),
              summary="Ask the model to forget samples, whole classes, or a subject's data")
 def create_deletion_request(
     model_id: str,
@@ -29,26 +30,32 @@ def create_deletion_request(
     db: Session = Depends(get_db),
     principal: Principal = Depends(current_principal),
 ):
-    idem = Idempotency(db, principal.tenant_id, key,
-                       fingerprint({"model_id": model_id, **body.model_dump(mode="json")}))
-    if replay := idem.replay():
-        return replay
-    model = get_model(db, principal, model_id)
-    request, job = service.create_request(db, principal, model, body)
-    response = idem.commit(202, DeletionRequestOut.of(request, job), f"/v1/jobs/{job.id}")
-    if response.headers.get("Idempotent-Replayed") is None:
-        dispatch(job)
+    def create():
+        idem = Idempotency(db, principal.tenant_id, key,
+                           fingerprint({"model_id": model_id, **body.model_dump(mode="json")}))
+        if replay := idem.replay():
+            return replay, None
+        model = get_model(db, principal, model_id)
+        request, job, new_job = service.create_request(db, principal, model, body)
+        response = idem.commit(202, DeletionRequestOut.of(request, job), f"/v1/jobs/{job.id}")
+        fresh = new_job and response.headers.get("Idempotent-Replayed") is None
+        return response, job if fresh else None
+
+    # A request that lost a lock race with a worker is run again, never answered with 500.
+    response, job_to_send = retry_in_session(db, create)
+    if job_to_send is not None:  # a request that joined a waiting job adds no message
+        dispatch(job_to_send)
     return response
 
 
 @router.get("/v1/deletion-requests", response_model=Page[DeletionRequestOut],
-            summary="Deletion requests, most urgent deadline first")
+            responses=VALIDATED, summary="Deletion requests, most urgent deadline first")
 def list_deletion_requests(
     model_id: str | None = Query(None),
     status: str | None = Query(None, pattern="^(received|scheduled|completed|rejected|failed)$"),
     subject: str | None = Query(None),
     overdue: bool = Query(False, description="Only open requests past their deadline."),
-    page: PageParams = Depends(page_params),
+    page: PageParams = Depends(deadline_page_params),
     db: Session = Depends(get_db),
     principal: Principal = Depends(current_principal),
 ):
@@ -60,7 +67,8 @@ def list_deletion_requests(
                    convert=lambda r: DeletionRequestOut.of(r, jobs.get(r.job_id)))
 
 
-@router.get("/v1/deletion-requests/{request_id}", response_model=DeletionRequestOut)
+@router.get("/v1/deletion-requests/{request_id}", response_model=DeletionRequestOut,
+            responses=ONE_RESOURCE)
 def get_deletion_request(request_id: str, db: Session = Depends(get_db),
                          principal: Principal = Depends(current_principal)):
     request = service.get_request(db, principal, request_id)
@@ -69,6 +77,7 @@ def get_deletion_request(request_id: str, db: Session = Depends(get_db),
 
 
 @router.get("/v1/deletion-requests/{request_id}/receipt",
+            responses=problems(401, 404, 409, 422),
             summary="The signed receipt of a completed request")
 def get_receipt(request_id: str, db: Session = Depends(get_db),
                 principal: Principal = Depends(current_principal)):
@@ -81,6 +90,7 @@ def get_receipt(request_id: str, db: Session = Depends(get_db),
     return receipt
 
 
-@router.get("/v1/keys/receipt", summary="The public key that verifies receipts")
+@router.get("/v1/keys/receipt", responses=AUTHENTICATED,
+            summary="The public key that verifies receipts")
 def receipt_key(_: Principal = Depends(current_principal)):
     return receipts.public_key_document()

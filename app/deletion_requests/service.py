@@ -146,9 +146,9 @@ def forget_set(db: Session, model: Model, body: DeletionRequestIn) -> dict[str, 
 
 
 def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | None,
-             method: str, params: dict, fallback: list[dict], gate: dict) -> Job:
+             method: str, params: dict, fallback: list[dict], gate: dict) -> tuple[Job, bool]:
     """Merge into the model's waiting job of the same kind (method, parameters, fallback chain
-    and gate alike), or queue a new one.
+    and gate alike), or queue a new one; says whether the job is new.
 
     The caller holds the model's row lock, so a worker cannot claim the job mid-merge.
     """
@@ -161,7 +161,7 @@ def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | No
             job.forget_rows = sorted(set(job.forget_rows) | set(rows))
             if classes is not None:
                 job.forget_classes = sorted(set(job.forget_classes) | set(classes))
-            return job
+            return job, False
     now = utcnow()
     job = Job(id=new_id("job"), tenant_id=model.tenant_id, model_id=model.id, method=method,
               params=params, fallback=fallback, gate=gate, forget_rows=sorted(rows),
@@ -171,18 +171,19 @@ def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | No
     db.flush()
     audit.record(db, "job.queued", "job", job.id, tenant_id=job.tenant_id,
                  data={"model_id": model.id, "method": method})
-    return job
+    return job, True
 
 
 def create_request(db: Session, principal: Principal, model: Model,
-                   body: DeletionRequestIn) -> tuple[DeletionRequest, Job]:
+                   body: DeletionRequestIn) -> tuple[DeletionRequest, Job, bool]:
+    """The request, its job, and whether that job is new (else the request joined it)."""
     params = resolve_params(body.method, body.params).model_dump(mode="json")
     fallback, gate = resolve_fallback(body), resolve_gate(body.gate)
     # Serialise requests on one model so two can never schedule the same sample.
     lock_row(db, Model, model.id)
     rows = forget_set(db, model, body)
-    job = schedule(db, model, list(rows.values()), body.classes, body.method, params,
-                   fallback, gate)
+    job, new_job = schedule(db, model, list(rows.values()), body.classes, body.method, params,
+                            fallback, gate)
     received = utcnow()
     request = DeletionRequest(
         id=new_id("dr"), tenant_id=principal.tenant_id, model_id=model.id,
@@ -198,7 +199,7 @@ def create_request(db: Session, principal: Principal, model: Model,
                  data={"model_id": model.id, "num_samples": len(rows), "classes": body.classes,
                        "subject": body.subject, "method": body.method, "job_id": job.id,
                        "fallback": [step["method"] for step in fallback], "gate": gate})
-    return request, job
+    return request, job, new_job
 
 
 def settle_requests_of(db: Session, job: Job) -> list[str]:
@@ -230,8 +231,8 @@ def _retry_or_fail(db: Session, job: Job, request: DeletionRequest) -> str | Non
     model = db.get(Model, request.model_id)
     dataset = db.get(Dataset, model.dataset_id)
     rows = rows_of_sample_ids(db, dataset, request.sample_ids)
-    retry = schedule(db, model, list(rows.values()), request.classes, request.method,
-                     request.params, request.fallback, request.gate)
+    retry, _ = schedule(db, model, list(rows.values()), request.classes, request.method,
+                        request.params, request.fallback, request.gate)
     request.job_id, request.status = retry.id, SCHEDULED
     return retry.id
 
