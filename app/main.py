@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from app.audit.routes import router as audit_router
 from app.catalogue.routes import router as catalogue_router
 from app.core.config import get_settings
 from app.core.errors import install_error_handlers
+from app.core.guards import refuse_unstorable_text
 from app.core.limits import RequestSizeLimit
+from app.core.openapi import install_problem_schema
+from app.core.storage import get_blob_store
 from app.datasets.routes import router as datasets_router
 from app.deletion_requests.routes import router as deletion_requests_router
 from app.jobs.routes import router as jobs_router
@@ -28,6 +31,9 @@ Every `/v1` route needs `Authorization: Bearer <token>` (`lethe apikey create NA
 async def lifespan(app: FastAPI):
     from worker.dispatch import start_embedded_worker, stop_embedded_worker
 
+    # No upload outlives its process: what dead processes left in staging (a killed upload's
+    # copy of the user's data) goes now; live replicas' and workers' staging is locked.
+    get_blob_store().sweep_staging(older_than=time.time())
     if get_settings().embedded_worker and app.state.run_worker:
         start_embedded_worker()
     try:
@@ -38,9 +44,11 @@ async def lifespan(app: FastAPI):
 
 def create_app(run_worker: bool = True) -> FastAPI:
     settings = get_settings()
-    app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  dependencies=[Depends(refuse_unstorable_text)])
     app.state.run_worker = run_worker
     install_error_handlers(app)
+    install_problem_schema(app)
     for router in (ops_router, catalogue_router, datasets_router, models_router,
                    deletion_requests_router, jobs_router, audit_router):
         app.include_router(router)

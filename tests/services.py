@@ -1,10 +1,12 @@
-"""Reaching the real PostgreSQL and Redis servers the suite runs against."""
+"""Reaching the real PostgreSQL and Redis servers the suite runs against, and serving the app
+on a real port."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
@@ -59,3 +61,26 @@ def fresh_postgres_database():
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def served(app, lifespan: str = "off") -> Iterator[int]:
+    """``app`` behind a real uvicorn on a free port, in a thread; yields the port."""
+    import threading
+    import time
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan=lifespan))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_decoded_bytes: int = Field(2 << 30, gt=0, description="What an upload's images or "
                                    "arrays may decode to in all (pixels × channels).")
 
+    # Serving.
+    api_threads: int = Field(32, ge=1, le=1000, description="Threads serving the API's "
+                             "blocking routes; the database pool is sized to cover them.")
+    db_pool_size: int | None = Field(None, ge=1, description="Connections kept open; default "
+                                     "api_threads + 16 (job threads, heartbeats, upkeep).")
+
     # Jobs.
     queue_name: str = Field("unlearning", description="The Celery queue jobs are routed to.")
     job_lease_seconds: float = Field(60.0, description="A running job whose heartbeat is older "
@@ -71,6 +77,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'lethe.db').resolve()}"
+
+    @property
+    def resolved_db_pool_size(self) -> int:
+        return self.db_pool_size or self.api_threads + 16
 
     @property
     def blob_root(self) -> Path:

@@ -79,12 +79,17 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 48) -> Engine:
+    """An engine whose pool covers every thread that may hold a connection at once: a request
+    keeps its connection between the steps it runs on different threads, so with fewer
+    connections than threads, requests holding one wait for a thread that waits for one."""
+    pool = {"pool_size": pool_size, "max_overflow": pool_size // 2}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @lru_cache
@@ -93,7 +98,7 @@ def get_engine() -> Engine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         settings.home.mkdir(parents=True, exist_ok=True)
-    return make_engine(url)
+    return make_engine(url, settings.resolved_db_pool_size)
 
 
 @lru_cache
