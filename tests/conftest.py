@@ -36,25 +36,29 @@ def reset_caches() -> None:
     execution.model_inputs.cache_clear()
 
 
+def point_lethe_at(monkeypatch: pytest.MonkeyPatch, home: Path, **settings: str | None) -> Path:
+    """Lethe's settings for a fresh ``home`` (plus ``settings``), its database migrated."""
+    monkeypatch.setenv("LETHE_HOME", str(home))
+    for name in ("DATABASE_URL", "BROKER_URL", "STORAGE_URL"):
+        monkeypatch.delenv(f"LETHE_{name}", raising=False)
+    for name, value in TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    for name, value in settings.items():
+        if value is not None:
+            monkeypatch.setenv(f"LETHE_{name.upper()}", str(value))
+    reset_caches()
+    from app.core import migrate
+
+    migrate.upgrade()
+    return home
+
+
 @pytest.fixture
 def configure(monkeypatch, tmp_path) -> Iterator:
     """``configure(database_url=..., broker_url=...)`` points Lethe at a fresh home."""
 
     def apply(**settings: str | None) -> Path:
-        home = tmp_path / "home"
-        monkeypatch.setenv("LETHE_HOME", str(home))
-        for name in ("DATABASE_URL", "BROKER_URL", "STORAGE_URL"):
-            monkeypatch.delenv(f"LETHE_{name}", raising=False)
-        for name, value in TEST_ENV.items():
-            monkeypatch.setenv(name, value)
-        for name, value in settings.items():
-            if value is not None:
-                monkeypatch.setenv(f"LETHE_{name.upper()}", str(value))
-        reset_caches()
-        from app.core import migrate
-
-        migrate.upgrade()
-        return home
+        return point_lethe_at(monkeypatch, tmp_path / "home", **settings)
 
     yield apply
     reset_caches()

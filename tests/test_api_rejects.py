@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import pickle
+import re
 import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from tests.engine.engine_helpers import png_bytes
+from tests.services import served
 from tests.test_api_flow import register_digits, sample_ids
 
 
@@ -138,6 +144,11 @@ def test_bad_deletion_requests_change_nothing(api, home, digits_npz, digits_weig
                    "params.bogus")
     assert_problem(api.post(url, json={"classes": [42]}), 422, "classes")
     assert_problem(api.post(url, json={"sample_ids": ids, "classes": [1]}), 422, "exactly one")
+    repeated = api.post(url, json={"sample_ids": [ids[0], ids[1], ids[0], ids[1], ids[2]]})
+    body = assert_problem(repeated, 422, "sample_ids", f"listed more than once: {ids[0]!r}, "
+                                                      f"{ids[1]!r}")
+    assert body["errors"][0]["field"] == "sample_ids"
+    assert_problem(api.post(url, json={"classes": [3, 3]}), 422, "classes", "more than once")
     assert stored_state(home) == before
 
     assert api.post(url, json={"sample_ids": ids[:1]}).status_code == 202
@@ -184,3 +195,182 @@ def test_other_tenants_resources_answer_404(api, digits_npz, digits_weights):
                                  json={"sample_ids": ids}), 404)
     foreign = stranger.register_model(dataset["id"], digits_weights)
     assert_problem(foreign, 422, "dataset_id")
+
+
+# --- input the database would refuse, refused before any work -------------------------------
+
+def tiny_npz(**extra) -> bytes:
+    """Eight rows of three features, two classes: a dataset uploaded in milliseconds."""
+    arrays = {"x_train": np.zeros((8, 3), np.float32), "y_train": np.array([0, 1] * 4),
+              "x_test": np.zeros((2, 3), np.float32), "y_test": np.array([0, 1])} | extra
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db_home(request, configure):
+    """PostgreSQL refuses what SQLite stores (NUL characters, over-long text), so both."""
+    if request.param == "postgres":
+        return configure(database_url=request.getfixturevalue("postgres_url"))
+    return configure()
+
+
+@pytest.fixture
+def any_db_api(any_db_home):
+    from tests.conftest import api_client
+
+    with api_client(run_worker=False) as client:
+        yield client
+
+
+def cursor(key: str | int) -> str:
+    from app.core.pagination import encode_cursor
+
+    return encode_cursor(key)
+
+
+NO_ID = "ds_" + "0" * 24
+OUT_OF_RANGE_URLS = {
+    "version": f"/v1/models/{NO_ID}/versions/2147483648",
+    "checkpoint version": f"/v1/models/{NO_ID}/versions/2147483648/checkpoint",
+    "NUL in a path id": "/v1/models/mdl_%00",
+    "NUL in a job id": "/v1/jobs/%00/cancel",
+    "NUL in a query": "/v1/jobs?model_id=a%00b",
+    "NUL in a subject filter": "/v1/deletion-requests?subject=%00",
+    "cursor YQ": "/v1/datasets?cursor=YQ",
+    "cursor not base64": "/v1/jobs?cursor=%FF%FE",
+    "row cursor not a number": f"/v1/models/{NO_ID}/versions?cursor={cursor('a')}",
+    "row cursor past int32": f"/v1/audit?cursor={cursor(2**31)}",
+    "naive deadline cursor": "/v1/deletion-requests?cursor="
+                             + cursor(f"2026-01-01T00:00:00|dr_{'0' * 24}"),
+    "deadline cursor without id": "/v1/deletion-requests?cursor="
+                                  + cursor("2026-01-01T00:00:00+00:00|x"),
+}
+OUT_OF_RANGE_FIELDS = {"version": "version", "checkpoint version": "version",
+                       "NUL in a path id": "model_id", "NUL in a job id": "job_id",
+                       "NUL in a query": "model_id", "NUL in a subject filter": "subject"}
+
+
+def test_input_the_database_refuses_is_a_422_naming_the_field(any_db_api):
+    api = any_db_api
+    for case, url in OUT_OF_RANGE_URLS.items():
+        method = api.post if url.endswith("/cancel") else api.get
+        body = assert_problem(method(url), 422, OUT_OF_RANGE_FIELDS.get(case, "cursor"))
+        assert body["errors"][0]["field"] == OUT_OF_RANGE_FIELDS.get(case, "cursor"), case
+    # The bounds themselves are fine: the largest int32 is just a version that does not exist.
+    assert_problem(api.get(f"/v1/models/{NO_ID}/versions/2147483647"), 404)
+    assert api.get("/v1/audit", params={"cursor": cursor(2**31 - 1)}).status_code == 200
+    aware = cursor(f"2026-01-01T00:00:00+05:00|dr_{'0' * 24}")
+    assert api.get("/v1/deletion-requests", params={"cursor": aware}).status_code == 200
+
+
+def test_labels_and_row_cursors_past_int32_on_a_real_dataset(any_db_api):
+    api = any_db_api
+    dataset = api.upload_dataset(tiny_npz(), "tiny.npz").json()
+    url = f"/v1/datasets/{dataset['id']}/samples"
+    assert_problem(api.get(url, params={"label": 2**31}), 422, "label")
+    assert api.get(url, params={"label": 2**31 - 1}).json()["items"] == []
+    assert_problem(api.get(url, params={"cursor": cursor(2**31)}), 422, "cursor")
+    assert api.get(url, params={"cursor": cursor(2**31 - 1)}).json()["items"] == []
+
+
+def test_nul_in_a_json_body_or_a_form_field_is_refused(any_db_api, any_db_home):
+    api = any_db_api
+    before = stored_state(any_db_home)
+    url = f"/v1/models/{NO_ID}/deletion-requests"  # refused before the model is looked up
+    for body, field in [({"sample_ids": ["a", "b\x00"]}, "sample_ids[1]"),
+                        ({"subject": "x\x00"}, "subject"),
+                        ({"classes": [1], "params": {"se\x00ed": 1}}, "params.se\x00ed")]:
+        problem = assert_problem(api.post(url, json=body), 422)
+        assert problem["errors"] == [{"field": field, "message": "NUL characters are not "
+                                                                 "allowed"}]
+    lone_surrogate = api.post(url, content=b'{"subject": "\\ud800"}',
+                              headers={"Content-Type": "application/json"})
+    assert_problem(lone_surrogate, 422, "subject", "lone surrogates")
+    assert_problem(api.upload_dataset(tiny_npz(), "tiny.npz", name="a\x00b"), 422, "name")
+    assert_problem(api.register_model("\x00", b"weights"), 422, "dataset_id")
+    assert stored_state(any_db_home) == before
+
+
+@pytest.mark.parametrize(("extra", "complaint"), [
+    ({"ids_train": np.array([f"{i}-" + "x" * 2000 for i in range(8)])},
+     "ids_train: id '0-xxx.*longer than 1024 characters"),
+    ({"subjects_train": np.array(["s" * 500] * 8)}, "subjects_train: subject .*longer than 200"),
+    ({"ids_train": np.array(["a", "b\x00c", "c", "d", "e", "f", "g", "h"])}, "NUL characters"),
+])
+def test_upload_text_the_database_cannot_hold_is_refused_before_decoding(
+        any_db_api, any_db_home, extra, complaint):
+    before = stored_state(any_db_home)
+    response = any_db_api.upload_dataset(tiny_npz(**extra), "tiny.npz")
+    body = assert_problem(response, 422)
+    assert re.search(complaint, body["detail"]), body["detail"]
+    assert stored_state(any_db_home) == before
+
+
+def test_an_archive_member_too_long_to_be_a_sample_id_is_refused(any_db_api, any_db_home):
+    members = {f"{split}/{label}/{i}.png": png_bytes() for i, (split, label)
+               in enumerate([("train", "a"), ("train", "b"), ("test", "a")])}
+    members["train/a/" + "x" * 2000 + ".png"] = png_bytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    before = stored_state(any_db_home)
+    response = any_db_api.upload_dataset(buffer.getvalue(), "folder.zip")
+    assert_problem(response, 422, "longer than 1024 characters")
+    assert stored_state(any_db_home) == before
+
+
+# --- many ordinary images, one label of 99999 ------------------------------------------------
+
+def test_images_that_decode_past_the_cap_are_refused(configure):
+    from tests.conftest import api_client
+
+    home = configure(max_decoded_bytes="100000")
+    members = {f"{split}/{'ab'[i % 2]}/{i}.png": png_bytes((64, 64))
+               for i, split in enumerate(["train"] * 8 + ["test"] * 2)}  # 10 x 12,288 bytes
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with api_client(run_worker=False) as api:
+        before = stored_state(home)
+        response = api.upload_dataset(buffer.getvalue(), "blank.zip")
+        assert_problem(response, 422, "decoded images exceed 100000 bytes")
+        assert stored_state(home) == before
+
+
+def test_a_huge_label_does_not_make_a_huge_number_of_classes(api, home):
+    before = stored_state(home)
+    labels = np.array([0, 1] * 3 + [1, 99999])
+    response = api.upload_dataset(tiny_npz(y_train=labels), "tiny.npz")
+    assert_problem(response, 422, "classes must be 0..K-1", "99987 more")
+    assert stored_state(home) == before
+
+
+# --- an oversized chunked body, on a real server ----------------------------------------------
+
+def post_chunked(port: int, path: str, chunks: list[bytes]) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body=iter(chunks), encode_chunked=True,
+                           headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_an_oversized_chunked_body_gets_413(configure):
+    from app.main import create_app
+
+    configure(max_request_bytes="1000")
+    with served(create_app(run_worker=False)) as port:
+        path = f"/v1/models/{NO_ID}/deletion-requests"
+        status, body = post_chunked(port, path, [b" " * 400] * 4)  # 1,600 bytes, no length
+        assert status == 413 and body["status"] == 413, body
+        assert "larger than 1000 bytes" in body["detail"]
+        # Under the limit the body goes through whole (to the token check, here).
+        status, body = post_chunked(port, path, [b'{"classes": ', b"[1]}"])
+        assert status == 401, body

@@ -12,7 +12,8 @@ from app.audit.service import first_broken_event
 from app.audit.tables import AuditEvent
 from app.core.auth import current_principal
 from app.core.db import get_db
-from app.core.pagination import Page, PageParams, page_of, page_params
+from app.core.openapi import AUTHENTICATED, VALIDATED
+from app.core.pagination import Page, PageParams, number_page_params, page_of
 from app.tenants.service import Principal
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -40,8 +41,8 @@ class ChainVerdict(BaseModel):
     first_invalid_seq: int | None
 
 
-@router.get("", response_model=Page[AuditEventOut])
-def list_events(page: PageParams = Depends(page_params), db: Session = Depends(get_db),
+@router.get("", response_model=Page[AuditEventOut], responses=VALIDATED)
+def list_events(page: PageParams = Depends(number_page_params), db: Session = Depends(get_db),
                 principal: Principal = Depends(current_principal)):
     query = select(AuditEvent).where(AuditEvent.tenant_id == principal.tenant_id)
     if page.after:
@@ -50,7 +51,7 @@ def list_events(page: PageParams = Depends(page_params), db: Session = Depends(g
     return page_of(rows, page, key=lambda e: e.seq, convert=AuditEventOut.of)
 
 
-@router.get("/verify", response_model=ChainVerdict)
+@router.get("/verify", response_model=ChainVerdict, responses=AUTHENTICATED)
 def verify_chain(db: Session = Depends(get_db), _: Principal = Depends(current_principal)):
     broken, checked = first_broken_event(db)
     return ChainVerdict(valid=broken is None, checked=checked,

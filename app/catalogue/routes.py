@@ -9,11 +9,13 @@ from pydantic import BaseModel
 
 from app.core.auth import current_principal
 from app.core.config import get_settings
+from app.core.openapi import AUTHENTICATED
 from worker.engine.architectures import ARCHITECTURES
 from worker.engine.gate_thresholds import GateThresholds
 from worker.engine.methods import METHODS
 
-router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(current_principal)])
+router = APIRouter(prefix="/v1", tags=["catalogue"], dependencies=[Depends(current_principal)],
+                   responses=AUTHENTICATED)
 
 
 class MethodOut(BaseModel):

@@ -37,17 +37,21 @@ def erasable_rows(db: Session, dataset: Dataset) -> dict[int, str]:
 
 
 def _rewrite_blobs(store: BlobStore, dataset: Dataset, rows: dict[int, str]):
-    upload = store.temp_path()
-    rewrite_without(store.path(dataset.upload_blob), dataset.format, set(rows.values()), upload)
-    arrays = DatasetArrays.load(store.path(dataset.arrays_blob))
-    arrays.x_train = arrays.x_train.copy()
-    arrays.x_train[sorted(rows)] = 0
-    if arrays.subjects_train:
-        for row in rows:
-            arrays.subjects_train[row] = None
-    decoded = store.temp_path()
-    arrays.save(decoded)
-    return store.put_file(upload, move=True), store.put_file(decoded, move=True)
+    upload, decoded = store.temp_path(), store.temp_path()
+    try:
+        rewrite_without(store.path(dataset.upload_blob), dataset.format, set(rows.values()),
+                        upload)
+        arrays = DatasetArrays.load(store.path(dataset.arrays_blob))
+        arrays.x_train = arrays.x_train.copy()
+        arrays.x_train[sorted(rows)] = 0
+        if arrays.subjects_train:
+            for row in rows:
+                arrays.subjects_train[row] = None
+        arrays.save(decoded)
+        return store.put_file(upload, move=True), store.put_file(decoded, move=True)
+    finally:  # moved into place already, unless a step failed: no copy of the data stays
+        upload.unlink(missing_ok=True)
+        decoded.unlink(missing_ok=True)
 
 
 def _unreferenced(db: Session, sha256: str) -> bool:

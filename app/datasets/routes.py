@@ -7,8 +7,10 @@ from sqlalchemy.orm import Session
 
 from app.core.auth import current_principal
 from app.core.db import get_db
+from app.core.guards import INT32_MAX
 from app.core.idempotency import Idempotency, fingerprint, idempotency_key
-from app.core.pagination import Page, PageParams, page_of, page_params
+from app.core.openapi import ONE_RESOURCE, UPLOAD, VALIDATED
+from app.core.pagination import Page, PageParams, number_page_params, page_of, page_params
 from app.core.storage import get_blob_store
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, SampleOut
@@ -25,7 +27,7 @@ def _file_sha256(upload: UploadFile) -> str:
     return digest.hexdigest()
 
 
-@router.post("", status_code=201, response_model=DatasetOut,
+@router.post("", status_code=201, response_model=DatasetOut, responses=UPLOAD,
              summary="Register the data a model was trained on")
 def create_dataset(
     name: str = Form(..., min_length=1, max_length=200),
@@ -50,24 +52,24 @@ def create_dataset(
                        on_rollback=lambda: staged.discard(store))
 
 
-@router.get("", response_model=Page[DatasetOut])
+@router.get("", response_model=Page[DatasetOut], responses=VALIDATED)
 def list_datasets(page: PageParams = Depends(page_params), db: Session = Depends(get_db),
                   principal: Principal = Depends(current_principal)):
     rows = service.list_datasets(db, principal, page)
     return page_of(rows, page, key=lambda d: d.id, convert=DatasetOut.of)
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=ONE_RESOURCE)
 def get_dataset(dataset_id: str, db: Session = Depends(get_db),
                 principal: Principal = Depends(current_principal)):
     return DatasetOut.of(service.get_dataset(db, principal, dataset_id))
 
 
-@router.get("/{dataset_id}/samples", response_model=Page[SampleOut])
+@router.get("/{dataset_id}/samples", response_model=Page[SampleOut], responses=ONE_RESOURCE)
 def list_samples(
     dataset_id: str,
-    label: int | None = Query(None, ge=0),
-    page: PageParams = Depends(page_params),
+    label: int | None = Query(None, ge=0, le=INT32_MAX),
+    page: PageParams = Depends(number_page_params),
     db: Session = Depends(get_db),
     principal: Principal = Depends(current_principal),
 ):

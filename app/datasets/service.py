@@ -44,9 +44,14 @@ class StagedDataset:
 
 
 def archive_limits() -> ArchiveLimits:
+    """The configured limits, and the text bounds of the columns an upload's rows go to (so a
+    too-long id fails before decoding, not at the insert)."""
     s = get_settings()
     return ArchiveLimits(max_members=s.max_archive_members, max_bytes=s.max_archive_bytes,
-                         max_ratio=s.max_compression_ratio, max_image_pixels=s.max_image_pixels)
+                         max_ratio=s.max_compression_ratio, max_image_pixels=s.max_image_pixels,
+                         max_decoded_bytes=s.max_decoded_bytes,
+                         max_id_chars=Sample.__table__.c.sample_id.type.length,
+                         max_subject_chars=Sample.__table__.c.subject.type.length)
 
 
 def stage_upload(store: BlobStore, name: str, filename: str, source: BinaryIO) -> StagedDataset:
@@ -56,20 +61,27 @@ def stage_upload(store: BlobStore, name: str, filename: str, source: BinaryIO) -
     except DatasetFormatError as exc:
         raise invalid(f"file: {exc}") from None
     raw = store.temp_path(suffix=Path(filename).suffix)
-    decoded = store.temp_path(suffix=".safetensors")
+    decoded = None
     try:
         with open(raw, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
         try:
-            arrays = load_dataset_file(raw, filename, archive_limits())
+            arrays = load_dataset_file(raw, filename, archive_limits(), store.staging_dir)
         except DatasetFormatError as exc:
             raise invalid(f"file: {exc}") from None
+        decoded = store.temp_path(suffix=".safetensors")
         arrays.save(decoded)
         upload_blob = store.put_file(raw, move=True)
-        arrays_blob = store.put_file(decoded, move=True)
-    finally:
+        try:
+            arrays_blob = store.put_file(decoded, move=True)
+        except BaseException:
+            if upload_blob.created:  # no half-stored dataset either
+                store.delete(upload_blob.sha256)
+            raise
+    finally:  # on every path; a killed process's staging is swept at the next start
         raw.unlink(missing_ok=True)
-        decoded.unlink(missing_ok=True)
+        if decoded is not None:
+            decoded.unlink(missing_ok=True)
     return StagedDataset(name, fmt, upload_blob, arrays_blob, arrays)
 
 

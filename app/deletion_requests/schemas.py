@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.db import utcnow
+from app.core.guards import Int32
 from app.jobs.schemas import JobOut
 
 DEFAULT_METHOD = "random-label"
+SHOWN_DUPLICATES = 20
 
 
 class FallbackStep(BaseModel):
@@ -29,8 +32,8 @@ class DeletionRequestIn(BaseModel):
 
     sample_ids: list[str] | None = Field(None, min_length=1, max_length=1_000_000,
                                          description="Training samples to forget.")
-    classes: list[int] | None = Field(None, min_length=1,
-                                      description="Whole classes to forget, by label.")
+    classes: list[Int32] | None = Field(None, min_length=1,
+                                        description="Whole classes to forget, by label.")
     method: str = Field(DEFAULT_METHOD, description="A name from GET /v1/methods.")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="The method's parameters (its params_schema).")
@@ -46,6 +49,19 @@ class DeletionRequestIn(BaseModel):
     subject: str | None = Field(None, max_length=200, description="Who asked. Alone, without "
                                 "sample_ids or classes, it forgets all of that subject's samples.")
     reason: str | None = Field(None, max_length=2000)
+
+    @field_validator("sample_ids", "classes")
+    @classmethod
+    def _no_duplicates(cls, values: list | None) -> list | None:
+        """A request says exactly what to forget: a repeated id is a mistake to report, not
+        something to merge silently (the receipt counts and hashes what was forgotten)."""
+        repeated = [value for value, count in Counter(values or ()).items() if count > 1]
+        if repeated:
+            shown = ", ".join(repr(value) for value in repeated[:SHOWN_DUPLICATES])
+            more = (f" and {len(repeated) - SHOWN_DUPLICATES} more"
+                    if len(repeated) > SHOWN_DUPLICATES else "")
+            raise ValueError(f"listed more than once: {shown}{more}")
+        return values
 
     @model_validator(mode="after")
     def _one_selector(self) -> DeletionRequestIn:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.core.auth import current_principal
 from app.core.db import get_db
+from app.core.openapi import ONE_RESOURCE, VALIDATED, problems
 from app.core.pagination import Page, PageParams, page_of, page_params
 from app.jobs import service
 from app.jobs.schemas import JobOut
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-@router.get("", response_model=Page[JobOut])
+@router.get("", response_model=Page[JobOut], responses=VALIDATED)
 def list_jobs(
     model_id: str | None = Query(None),
     status: Status | None = Query(None),
@@ -31,13 +32,14 @@ def list_jobs(
     return page_of(rows, page, key=lambda j: j.id, convert=JobOut.of)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=ONE_RESOURCE)
 def get_job(job_id: str, db: Session = Depends(get_db),
             principal: Principal = Depends(current_principal)):
     return JobOut.of(service.get_job(db, principal, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut,
+             responses=problems(401, 404, 409, 422))
 def cancel_job(job_id: str, db: Session = Depends(get_db),
                principal: Principal = Depends(current_principal)):
     job = service.cancel_job(db, principal, job_id)

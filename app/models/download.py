@@ -11,6 +11,13 @@ from app.core.errors import Problem
 from app.core.storage import BlobStore
 
 RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CHECKPOINT_TYPE = "application/octet-stream"
+
+
+class CheckpointResponse(StreamingResponse):
+    """What the OpenAPI document says a download answers with."""
+
+    media_type = CHECKPOINT_TYPE
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
@@ -49,5 +56,5 @@ def checkpoint_response(request: Request, store: BlobStore, sha256: str, size: i
     if wanted:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    return StreamingResponse(store.read_range(sha256, start, end), status_code=status,
-                             headers=headers, media_type="application/octet-stream")
+    return CheckpointResponse(store.read_range(sha256, start, end), status_code=status,
+                              headers=headers)

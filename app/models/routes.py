@@ -1,25 +1,30 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Path, Request, UploadFile
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.auth import current_principal
 from app.core.db import get_db
 from app.core.errors import Problem, invalid
+from app.core.guards import INT32_MAX
 from app.core.idempotency import Idempotency, fingerprint, idempotency_key
-from app.core.pagination import Page, PageParams, page_of, page_params
+from app.core.openapi import ONE_RESOURCE, UPLOAD, VALIDATED, problems
+from app.core.pagination import Page, PageParams, number_page_params, page_of, page_params
 from app.core.storage import get_blob_store, sha256_bytes
 from app.datasets.service import get_dataset
 from app.models import service
-from app.models.download import checkpoint_response
+from app.models.download import CHECKPOINT_TYPE, CheckpointResponse, checkpoint_response
 from app.models.schemas import ModelOut, VersionOut
 from app.tenants.service import Principal
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+Version = Annotated[int, Path(ge=1, le=INT32_MAX, description="1 is the version registered.")]
 
 
-@router.post("", status_code=201, response_model=ModelOut,
+@router.post("", status_code=201, response_model=ModelOut, responses=UPLOAD,
              summary="Register a trained model (architecture + safetensors weights)")
 def create_model(
     name: str = Form(..., min_length=1, max_length=200),
@@ -65,21 +70,21 @@ def _dataset_field(db: Session, principal: Principal, dataset_id: str):
         raise invalid(f"dataset_id: no dataset {dataset_id!r}") from None
 
 
-@router.get("", response_model=Page[ModelOut])
+@router.get("", response_model=Page[ModelOut], responses=VALIDATED)
 def list_models(page: PageParams = Depends(page_params), db: Session = Depends(get_db),
                 principal: Principal = Depends(current_principal)):
     rows = service.list_models(db, principal, page)
     return page_of(rows, page, key=lambda m: m.id, convert=ModelOut.of)
 
 
-@router.get("/{model_id}", response_model=ModelOut)
+@router.get("/{model_id}", response_model=ModelOut, responses=ONE_RESOURCE)
 def get_model(model_id: str, db: Session = Depends(get_db),
               principal: Principal = Depends(current_principal)):
     return ModelOut.of(service.get_model(db, principal, model_id))
 
 
-@router.get("/{model_id}/versions", response_model=Page[VersionOut])
-def list_versions(model_id: str, page: PageParams = Depends(page_params),
+@router.get("/{model_id}/versions", response_model=Page[VersionOut], responses=ONE_RESOURCE)
+def list_versions(model_id: str, page: PageParams = Depends(number_page_params),
                   db: Session = Depends(get_db),
                   principal: Principal = Depends(current_principal)):
     model = service.get_model(db, principal, model_id)
@@ -87,17 +92,21 @@ def list_versions(model_id: str, page: PageParams = Depends(page_params),
     return page_of(rows, page, key=lambda v: v.version, convert=VersionOut.of)
 
 
-@router.get("/{model_id}/versions/{version}", response_model=VersionOut)
-def get_version(model_id: str, version: int, db: Session = Depends(get_db),
+@router.get("/{model_id}/versions/{version}", response_model=VersionOut,
+            responses=ONE_RESOURCE)
+def get_version(model_id: str, version: Version, db: Session = Depends(get_db),
                 principal: Principal = Depends(current_principal)):
     model = service.get_model(db, principal, model_id)
     return VersionOut.of(service.get_version(db, model, version))
 
 
-@router.get("/{model_id}/versions/{version}/checkpoint",
-            responses={200: {"content": {"application/octet-stream": {}}},
-                       206: {"description": "Partial content"}})
-def download_checkpoint(model_id: str, version: int, request: Request,
+@router.get("/{model_id}/versions/{version}/checkpoint", response_class=CheckpointResponse,
+            responses={200: {"description": "The safetensors checkpoint; ETag is its sha256."},
+                       206: {"description": "The byte range a Range header asked for.",
+                             "content": {CHECKPOINT_TYPE: {}}},
+                       304: {"description": "If-None-Match named the current ETag."},
+                       **problems(401, 404, 410, 416, 422)})
+def download_checkpoint(model_id: str, version: Version, request: Request,
                         db: Session = Depends(get_db),
                         principal: Principal = Depends(current_principal)):
     model = service.get_model(db, principal, model_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import stat
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -12,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from engine_helpers import ARCHIVE_WRITERS, png_bytes, write_tar, write_zip
+from PIL import Image
 
+from worker.engine.data.arrays import DatasetArrays
 from worker.engine.data.formats import ArchiveLimits, DatasetFormatError, load_dataset_file
 
 VALID = {"train/a/0.png": png_bytes(), "train/b/1.png": png_bytes(), "test/a/2.png": png_bytes()}
@@ -214,9 +218,127 @@ def test_npz_limits_apply(tmp_path):
         load(path, ArchiveLimits(max_bytes=64))
 
 
-def test_decoded_images_over_the_byte_limit(tmp_path):
+def truncated_png(size: tuple[int, int]) -> bytes:
+    """A PNG whose header is sound but whose pixel data stops short: decoding it fails."""
+    noise = np.random.default_rng(0).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    return data[: data.index(b"IDAT") + 64]
+
+
+@pytest.mark.parametrize("suffix", list(ARCHIVE_WRITERS))
+def test_decoded_images_over_the_byte_limit(tmp_path, suffix):
     # Tiny PNGs of big blank images: small archive, large pixel arrays.
     members = {f"train/{'ab'[i % 2]}/{i}.png": png_bytes((64, 64)) for i in range(20)}
-    path = write_zip(tmp_path / "upload.zip", {**members, "test/a/x.png": png_bytes((64, 64))})
+    path = ARCHIVE_WRITERS[suffix](tmp_path / f"upload{suffix}",
+                                   {**members, "test/a/x.png": png_bytes((64, 64))})
     with pytest.raises(DatasetFormatError, match="decoded images exceed 100000 bytes"):
-        load(path, ArchiveLimits(max_bytes=100_000))
+        load(path, ArchiveLimits(max_decoded_bytes=100_000))
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_the_image_over_the_decoded_cap_is_refused_from_its_header(tmp_path, suffix):
+    # A tar is one stream, its member count unknown until its end. Eight 64x64 RGB images fit
+    # in 100,000 bytes; the ninth, whose pixel data is broken, would not: the cap must refuse
+    # it before its pixels are decoded.
+    members = {f"train/{'ab'[i % 2]}/{i}.png": png_bytes((64, 64)) for i in range(8)}
+    members["train/b/z-broken.png"] = truncated_png((64, 64))
+    path = ARCHIVE_WRITERS[suffix](tmp_path / f"upload{suffix}", members)
+    with pytest.raises(DatasetFormatError, match="z-broken.png': decoded images exceed"):
+        load(path, ArchiveLimits(max_decoded_bytes=100_000))
+    with pytest.raises(DatasetFormatError, match="z-broken.png': not a readable image"):
+        load(path)  # under the default cap it is decoded, and fails
+
+
+def test_a_zip_is_refused_before_its_first_image_is_decoded(tmp_path):
+    # The listing says how many images there are: with the first header the total is known,
+    # and the first image (which would fail to decode) is never decoded.
+    members = {"train/a/0.png": truncated_png((64, 64))}
+    members |= {f"train/b/{i}.png": png_bytes((64, 64)) for i in range(1, 9)}
+    path = write_zip(tmp_path / "upload.zip", members)
+    with pytest.raises(DatasetFormatError, match=r"0.png': decoded images exceed 100000 bytes "
+                                                 r"\(9 images of 64x64 RGB"):
+        load(path, ArchiveLimits(max_decoded_bytes=100_000))
+
+
+def test_npz_over_the_decoded_cap_is_refused_from_its_headers(tmp_path):
+    path = tmp_path / "upload.npz"
+    np.savez(path, **_valid_npz_arrays())  # 6 rows of 3 float32 features: 72 bytes
+    with pytest.raises(DatasetFormatError, match="decoded arrays exceed 71 bytes"):
+        load(path, ArchiveLimits(max_decoded_bytes=71))
+    assert load(path, ArchiveLimits(max_decoded_bytes=72)).num_classes == 2
+
+
+LONG_NAME = "train/a/" + "x" * 2000 + ".png"
+
+
+@pytest.mark.parametrize("suffix", list(ARCHIVE_WRITERS))
+def test_a_sample_id_the_database_cannot_hold_is_refused(tmp_path, suffix):
+    path = ARCHIVE_WRITERS[suffix](tmp_path / f"upload{suffix}",
+                                   {**VALID, LONG_NAME: png_bytes()})
+    with pytest.raises(DatasetFormatError, match="longer than 1024 characters"):
+        load(path)
+
+
+@pytest.mark.parametrize(("subjects", "complaint"), [
+    (b"sample_id,subject\ntrain/a/0.png," + b"s" * 500 + b"\n", "longer than 200 characters"),
+    (b"sample_id,subject\ntrain/a/0.png,bad\x00subject\n", "NUL characters"),
+])
+def test_a_subject_the_database_cannot_hold_is_refused(tmp_path, subjects, complaint):
+    # The zip's subjects file is read first, so the broken image is never decoded.
+    members = {**VALID, "train/b/z.png": truncated_png((4, 4)), "subjects.csv": subjects}
+    with pytest.raises(DatasetFormatError, match=f"subjects.csv line 2: subject.*{complaint}"):
+        load(write_zip(tmp_path / "upload.zip", members))
+
+
+@pytest.mark.parametrize(("key", "values", "complaint"), [
+    ("ids_train", ["a", "b", "c" * 2000, "d"], "ids_train: id 'ccc.*longer than 1024"),
+    ("ids_train", ["a", "b\x00c", "c", "d"], "ids_train: id .*NUL characters"),
+    ("subjects_train", ["a", "", "s" * 500, "d"], "subjects_train: subject .*longer than 200"),
+])
+def test_npz_text_the_database_cannot_hold_is_refused(tmp_path, key, values, complaint):
+    path = tmp_path / "upload.npz"
+    np.savez(path, **_valid_npz_arrays(), **{key: np.array(values)})
+    with pytest.raises(DatasetFormatError, match=complaint):
+        load(path)
+
+
+# --- memory ------------------------------------------------------------------------------
+
+PEAK_MEMORY_PROBE = """
+import sys
+from pathlib import Path
+from worker.engine.data.formats import load_dataset_file
+
+def kib(field):
+    status = Path("/proc/self/status").read_text().split("\\n")
+    return int(next(line for line in status if line.startswith(field)).split()[1])
+
+upload, scratch, out = sys.argv[1:]
+Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS (Linux)
+before = kib("VmRSS:")
+arrays = load_dataset_file(Path(upload), upload, scratch_dir=Path(scratch))
+arrays.save(Path(out))
+print((kib("VmHWM:") - before) * 1024)
+"""
+
+
+def test_decoding_many_ordinary_images_stays_within_bounded_memory(tmp_path):
+    """32 blank 1024x1024 PNGs: a 100 KB zip, 96 MiB of pixels. Stacking a list of decoded
+    images, copying the splits out of it, statistics over a float64 copy and serialising to
+    bytes grew the process by about 12 times that; now the arrays are written in place."""
+    members = {f"{split}/{'ab'[i % 2]}/{i}.png": png_bytes((1024, 1024))
+               for i, split in enumerate(["train"] * 28 + ["test"] * 4)}
+    upload = write_zip(tmp_path / "upload.zip", members)
+    decoded = 32 * 1024 * 1024 * 3
+    probe = subprocess.run(
+        [sys.executable, "-c", PEAK_MEMORY_PROBE, str(upload), str(tmp_path),
+         str(tmp_path / "arrays.safetensors")],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2], check=True)
+    growth = int(probe.stdout.split()[-1])
+    # The arrays themselves, plus one block of float64 statistics (128 MiB) at most.
+    assert growth < decoded + (160 << 20), f"peak memory grew {growth >> 20} MiB"
+    saved = DatasetArrays.load(tmp_path / "arrays.safetensors")
+    assert saved.x_train.shape == (28, 1024, 1024, 3) and saved.x_test.shape == (4, 1024, 1024, 3)
+    assert saved.x_train[5, 1000, 1000].tolist() == [10, 20, 30]

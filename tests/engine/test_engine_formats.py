@@ -67,6 +67,7 @@ def test_npz_survives_the_arrays_cache(tmp_path):
     ({"y_train": np.array([0.0, 1.0, 0.0, 1.0])}, "labels must be integers"),
     ({"y_train": np.array([0, -1, 0, 1])}, r"labels must lie in \[0"),
     ({"y_test": np.array([0, 2])}, "y_test has label 2"),
+    ({"y_train": np.array([0, 2, 0, 2])}, "classes 1 have no training sample"),
     ({"y_train": np.array([0, 0, 0, 0]), "y_test": np.array([0, 0])}, "at least 2 classes"),
     ({"y_train": np.array([0, 1, 0])}, "y_train must hold 4 labels"),
     ({"ids_train": np.array(["a", "b", "a", "c"])}, "id 'a' appears more than once"),
@@ -80,6 +81,17 @@ def test_npz_rejections(tmp_path, change, complaint):
               "x_test": np.zeros((2, 3), np.float32), "y_test": np.array([1, 0]), **change}
     with pytest.raises(DatasetFormatError, match=complaint):
         load(write_npz(tmp_path, **arrays))
+
+
+def test_npz_one_huge_label_is_not_a_huge_number_of_classes(tmp_path):
+    # A label of 99999 among 20 rows once made a 100,000-class dataset.
+    path = write_npz(tmp_path, x_train=np.zeros((20, 3), np.float32),
+                     y_train=np.array([0, 1] * 9 + [1, 99999]), x_test=np.zeros((2, 3)),
+                     y_test=np.array([0, 1]))
+    with pytest.raises(DatasetFormatError, match=r"classes must be 0..K-1 with every class in "
+                       r"the training split; labels go up to 99999 but classes 2, 3, 4, 5, 6, "
+                       r"7, 8, 9, 10, 11 and 99987 more have no training sample"):
+        load(path)
 
 
 def test_npz_missing_arrays(tmp_path):
@@ -140,6 +152,19 @@ def test_image_folder(tmp_path, suffix):
         assert tuple(data.x_train[row, 0, 0]) == colour(*IMAGES[sample_id])
     assert tuple(data.x_test[1, 2, 3]) == colour(1, 7)
     assert data.subjects_train == ["alice", None, None, "bob", None]
+
+
+@pytest.mark.parametrize("suffix", list(ARCHIVE_WRITERS))
+def test_image_folder_spills_to_the_scratch_directory_and_leaves_nothing(tmp_path, suffix):
+    path = ARCHIVE_WRITERS[suffix](tmp_path / f"upload{suffix}", image_folder_members())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    spilled = load_dataset_file(path, path.name, scratch_dir=scratch)
+    in_default_temp = load(path)
+    np.testing.assert_array_equal(spilled.x_train, in_default_temp.x_train)
+    np.testing.assert_array_equal(spilled.x_test, in_default_temp.x_test)
+    assert spilled.ids_train == in_default_temp.ids_train
+    assert list(scratch.iterdir()) == []  # the spill file never had a name
 
 
 def test_image_folder_grey_with_directory_entries(tmp_path):

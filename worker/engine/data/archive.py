@@ -36,14 +36,19 @@ class DatasetFormatError(ValueError):
 class ArchiveLimits:
     """Bounds on what an upload may unpack to; the defaults match ``app.core.config``.
 
-    ``max_bytes`` bounds both the archive's total uncompressed content and the decoded pixel
-    arrays, so neither a zip bomb nor an image bomb can exhaust memory.
+    ``max_bytes`` bounds the archive's total uncompressed content (a zip bomb),
+    ``max_decoded_bytes`` the pixel arrays it decodes to (many ordinary images: pixels ×
+    channels summed over all of them), ``max_image_pixels`` one image (an image bomb). The
+    text bounds are what the database stores: an image's path is its sample id.
     """
 
     max_members: int = 200_000
     max_bytes: int = 4 << 30
     max_ratio: float = 200.0
     max_image_pixels: int = 4096 * 4096
+    max_decoded_bytes: int = 2 << 30
+    max_id_chars: int = 1024
+    max_subject_chars: int = 200
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,20 @@ class Member:
 
 
 WantedFn = Callable[[str], bool]
+
+
+def check_text(what: str, value: str, max_chars: int) -> None:
+    """Refuse text the database would refuse at the insert, after all the decoding: too long,
+    holding NUL characters, or not encodable as UTF-8 (lone surrogates)."""
+    shown = repr(value[:80]) + ("..." if len(value) > 80 else "")
+    if len(value) > max_chars:
+        raise DatasetFormatError(f"{what} {shown}: longer than {max_chars} characters")
+    if "\x00" in value:
+        raise DatasetFormatError(f"{what} {shown}: NUL characters are not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetFormatError(f"{what} {shown}: not valid Unicode text") from None
 
 
 def normalise_member_name(raw: str) -> str:
@@ -87,6 +106,7 @@ class _SizeBudget:
                 f"member {raw_name!r}: more than {self.limits.max_members} members")
         if name and name in self.names:
             raise DatasetFormatError(f"member {raw_name!r}: appears twice")
+        check_text("member", name, self.limits.max_id_chars)
         self.names.add(name)
         self.total += size
         if self.total > self.limits.max_bytes:
@@ -147,11 +167,13 @@ def open_zip(path: Path):
         raise DatasetFormatError(f"not a readable zip archive: {exc}") from exc
 
 
-def iter_zip_members(path: Path, limits: ArchiveLimits, wanted: WantedFn) -> Iterator[Member]:
-    """The regular files whose normalised name ``wanted`` accepts, checked before any is read."""
+def iter_zip_members(path: Path, limits: ArchiveLimits, wanted: WantedFn,
+                     first: str | None = None) -> Iterator[Member]:
+    """The regular files whose normalised name ``wanted`` accepts, checked before any is read;
+    the member named ``first`` (a manifest, say) comes before the others."""
     with open_zip(path) as zf:
         files = check_zip_listing(zf, path.stat().st_size, limits)
-        for name, info in files.items():
+        for name, info in sorted(files.items(), key=lambda item: item[0] != first):
             if wanted(name):
                 # ZipExtFile stops at the declared size and verifies the CRC.
                 yield Member(name, zf.read(info))

@@ -7,11 +7,18 @@ from pathlib import Path
 from worker.engine.data.archive import (
     ArchiveLimits,
     DatasetFormatError,
+    check_zip_listing,
     iter_tar_members,
     iter_zip_members,
+    open_zip,
 )
 from worker.engine.data.arrays import DatasetArrays
-from worker.engine.data.imagefolder import load_image_folder, wanted_member
+from worker.engine.data.imagefolder import (
+    SUBJECTS_FILE,
+    image_location,
+    load_image_folder,
+    wanted_member,
+)
 from worker.engine.data.npz import export_digits, load_npz
 
 __all__ = [
@@ -37,9 +44,14 @@ def dataset_format(filename: str) -> str:
                              f"{', '.join(SUFFIX_FORMATS)}")
 
 
-def load_dataset_file(path: Path, filename: str,
-                      limits: ArchiveLimits | None = None) -> DatasetArrays:
+def load_dataset_file(path: Path, filename: str, limits: ArchiveLimits | None = None,
+                      scratch_dir: Path | None = None) -> DatasetArrays:
     """Decode the upload stored at ``path`` whose client-side name was ``filename``.
+
+    An archive's images are decoded one at a time into an unnamed spill file in
+    ``scratch_dir`` (default: the system's temporary directory), then copied into arrays of
+    their final size: memory holds those arrays, bounded by ``limits.max_decoded_bytes``,
+    never a list of images as well.
 
     Raises :class:`DatasetFormatError` (a ``ValueError``) with a message fit for the client.
     """
@@ -49,7 +61,16 @@ def load_dataset_file(path: Path, filename: str,
     if fmt == "npz":
         return load_npz(path, limits)
     if fmt == "zip":
-        members = iter_zip_members(path, limits, wanted_member)
-    else:
-        members = iter_tar_members(path, limits, wanted_member, gzipped=fmt == "tar.gz")
-    return load_image_folder(members, limits)
+        members = iter_zip_members(path, limits, wanted_member, first=SUBJECTS_FILE)
+        return load_image_folder(members, limits, spill_dir=scratch_dir,
+                                 expected_images=_zip_image_count(path, limits))
+    members = iter_tar_members(path, limits, wanted_member, gzipped=fmt == "tar.gz")
+    return load_image_folder(members, limits, spill_dir=scratch_dir)
+
+
+def _zip_image_count(path: Path, limits: ArchiveLimits) -> int:
+    """Image members in the zip's listing: with the first header, the decoded total is known
+    before a single image is decoded."""
+    with open_zip(path) as zf:
+        names = check_zip_listing(zf, path.stat().st_size, limits)
+    return sum(1 for name in names if image_location(name) is not None)

@@ -6,11 +6,12 @@ import csv
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from worker.engine.data.archive import ArchiveLimits, DatasetFormatError, Member
-from worker.engine.data.arrays import DatasetArrays
+from worker.engine.data.archive import ArchiveLimits, DatasetFormatError, Member, check_text
+from worker.engine.data.arrays import BLOCK_BYTES, DatasetArrays
 from worker.engine.data.images import ImageDecoder, pil_pixel_limit
 
 SPLITS = ("train", "test")
@@ -40,8 +41,12 @@ def wanted_member(name: str) -> bool:
     return name == SUBJECTS_FILE or image_location(name) is not None
 
 
-def _parse_subjects(data: bytes, ids_train: list[str]) -> list[str | None]:
-    """Subjects aligned with ``ids_train`` (None where untagged) from ``sample_id,subject``."""
+SubjectRow = tuple[int, str, str]  # (line, sample_id, subject)
+
+
+def _read_subjects(data: bytes, limits: ArchiveLimits) -> list[SubjectRow]:
+    """The ``sample_id,subject`` rows, checked as soon as the file is read (a zip reads it
+    first): a subject the database cannot hold fails before any image is decoded."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -50,14 +55,23 @@ def _parse_subjects(data: bytes, ids_train: list[str]) -> list[str | None]:
     header = [cell.strip() for cell in next(rows, [])]
     if header != SUBJECTS_HEADER:
         raise DatasetFormatError(f"{SUBJECTS_FILE}: header must be 'sample_id,subject'")
-    row_of = {sample_id: row for row, sample_id in enumerate(ids_train)}
-    subjects: list[str | None] = [None] * len(ids_train)
+    parsed = []
     for line, cells in enumerate(rows, start=2):
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != 2:
             raise DatasetFormatError(f"{SUBJECTS_FILE} line {line}: expected 2 fields")
-        sample_id, subject = cells[0].strip(), cells[1].strip()
+        subject = cells[1].strip()
+        check_text(f"{SUBJECTS_FILE} line {line}: subject", subject, limits.max_subject_chars)
+        parsed.append((line, cells[0].strip(), subject))
+    return parsed
+
+
+def _align_subjects(rows: list[SubjectRow], ids_train: list[str]) -> list[str | None]:
+    """Subjects aligned with ``ids_train``, None where untagged."""
+    row_of = {sample_id: row for row, sample_id in enumerate(ids_train)}
+    subjects: list[str | None] = [None] * len(ids_train)
+    for line, sample_id, subject in rows:
         if sample_id not in row_of:
             raise DatasetFormatError(
                 f"{SUBJECTS_FILE} line {line}: {sample_id!r} is not a training sample")
@@ -65,7 +79,6 @@ def _parse_subjects(data: bytes, ids_train: list[str]) -> list[str | None]:
             raise DatasetFormatError(f"{SUBJECTS_FILE} line {line}: {sample_id!r} listed twice")
         subjects[row_of[sample_id]] = subject or None
     return subjects
-
 
 
 def _class_index(locations: list[Location]) -> dict[str, int]:
@@ -84,18 +97,18 @@ def _class_index(locations: list[Location]) -> dict[str, int]:
 
 
 @dataclass
-class _Decoded:
-    names: list[str]
+class _Manifest:
+    names: list[str]  # of the images, in archive order
     locations: list[Location]
-    images: np.ndarray  # N×H×W×C
-    subjects_csv: bytes | None
+    subjects: list[SubjectRow] | None
 
 
-def _decode_members(members: Iterable[Member], limits: ArchiveLimits) -> _Decoded:
-    """Images (with names and locations) in archive order, and the subjects file if any."""
-    subjects_csv: bytes | None = None
+def _decode_members(members: Iterable[Member], limits: ArchiveLimits,
+                    decoder: ImageDecoder) -> _Manifest:
+    """Every image to ``decoder``, in archive order; their names and locations, and the subjects
+    file if any."""
+    subjects: list[SubjectRow] | None = None
     locations: list[Location] = []
-    decoder = ImageDecoder(limits)
     with pil_pixel_limit(limits.max_image_pixels):
         for member in members:
             location = image_location(member.name)
@@ -103,26 +116,42 @@ def _decode_members(members: Iterable[Member], limits: ArchiveLimits) -> _Decode
                 decoder.add(member.name, member.data)
                 locations.append(location)
             elif member.name == SUBJECTS_FILE:
-                subjects_csv = member.data
-    names, images = decoder.finish()
-    return _Decoded(names, locations, images, subjects_csv)
+                subjects = _read_subjects(member.data, limits)
+    return _Manifest(decoder.names, locations, subjects)
 
 
-def load_image_folder(members: Iterable[Member], limits: ArchiveLimits) -> DatasetArrays:
-    """A dataset from ImageFolder members (already safety-checked by the archive reader)."""
-    decoded = _decode_members(members, limits)
-    names, locations, images = decoded.names, decoded.locations, decoded.images
-    class_index = _class_index(locations)
-    # Rows ordered by sample id, so the archive's member order does not matter.
-    rows = {split: sorted((row for row, (where, _) in enumerate(locations) if where == split),
-                          key=names.__getitem__) for split in SPLITS}
-    labels = {split: np.array([class_index[locations[row][1]] for row in rows[split]],
-                              dtype=np.int64) for split in SPLITS}
-    ids_train = [names[row] for row in rows["train"]]
-    return DatasetArrays(
-        x_train=images[rows["train"]], y_train=labels["train"],
-        x_test=images[rows["test"]], y_test=labels["test"], ids_train=ids_train,
-        classes=list(class_index),
-        subjects_train=None if decoded.subjects_csv is None
-        else _parse_subjects(decoded.subjects_csv, ids_train),
-    )
+def _gather(decoder: ImageDecoder, rows: list[int]) -> np.ndarray:
+    """The decoded images ``rows``, into one array of their final size, a block at a time."""
+    out = np.empty((len(rows), *decoder.spec.shape), dtype=np.uint8)
+    step = max(1, BLOCK_BYTES // decoder.spec.nbytes)
+    for start in range(0, len(rows), step):
+        out[start : start + step] = decoder.read(rows[start : start + step])
+    return out
+
+
+def load_image_folder(members: Iterable[Member], limits: ArchiveLimits, *,
+                      expected_images: int | None = None,
+                      spill_dir: Path | None = None) -> DatasetArrays:
+    """A dataset from ImageFolder members (already safety-checked by the archive reader).
+
+    ``expected_images``: how many image members the archive holds, when its listing tells;
+    ``spill_dir``: where decoded pixels wait, in an unnamed file, until they are sorted into
+    the arrays (None: the system's temporary directory).
+    """
+    with ImageDecoder(limits, expected_images=expected_images, spill_dir=spill_dir) as decoder:
+        manifest = _decode_members(members, limits, decoder)
+        names, locations = manifest.names, manifest.locations
+        class_index = _class_index(locations)
+        # Rows ordered by sample id, so the archive's member order does not matter.
+        rows = {split: sorted((row for row, (where, _) in enumerate(locations)
+                               if where == split), key=names.__getitem__) for split in SPLITS}
+        labels = {split: np.array([class_index[locations[row][1]] for row in rows[split]],
+                                  dtype=np.int64) for split in SPLITS}
+        ids_train = [names[row] for row in rows["train"]]
+        subjects = (None if manifest.subjects is None
+                    else _align_subjects(manifest.subjects, ids_train))
+        return DatasetArrays(
+            x_train=_gather(decoder, rows["train"]), y_train=labels["train"],
+            x_test=_gather(decoder, rows["test"]), y_test=labels["test"],
+            ids_train=ids_train, classes=list(class_index), subjects_train=subjects,
+        )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -66,57 +69,90 @@ def _target_mode(name: str, mode: str) -> str:
                              "use 8-bit grey or colour images")
 
 
-def _decode(name: str, data: bytes, max_pixels: int,
-            expected: ImageSpec | None) -> tuple[ImageSpec, np.ndarray]:
-    """Checks the header (pixels, size, mode) before decoding any pixel data."""
+@contextmanager
+def _opened(name: str, data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """The image with only its header read (``Image.open`` is lazy); decoding errors anywhere
+    inside the block become a DatasetFormatError naming the member."""
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-            if img.width * img.height > max_pixels:
-                raise DatasetFormatError(f"member {name!r}: {img.width}x{img.height} exceeds "
-                                         f"{max_pixels} pixels")
-            found = ImageSpec(name, img.width, img.height, _target_mode(name, img.mode))
-            if expected is not None and found.key != expected.key:
-                raise DatasetFormatError(
-                    f"member {name!r} is {found} but {expected.source!r} is {expected}; "
-                    "all images must share one size and mode")
-            array = np.asarray(img if img.mode == found.mode else img.convert(found.mode))
+            yield img
     except DatasetFormatError:
         raise
     except Image.DecompressionBombError as exc:
         raise DatasetFormatError(f"member {name!r}: image exceeds {max_pixels} pixels") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetFormatError(f"member {name!r}: not a readable image ({exc})") from exc
-    return found, array.reshape(found.shape)
+
+
+def _header_spec(name: str, img: Image.Image, max_pixels: int) -> ImageSpec:
+    if img.width * img.height > max_pixels:
+        raise DatasetFormatError(f"member {name!r}: {img.width}x{img.height} exceeds "
+                                 f"{max_pixels} pixels")
+    return ImageSpec(name, img.width, img.height, _target_mode(name, img.mode))
+
+
+def _pixels(name: str, img: Image.Image, spec: ImageSpec) -> bytes:
+    """The decoded rows, ``H×W×C`` uint8 in C order (what ``np.asarray`` would hold)."""
+    data = (img if img.mode == spec.mode else img.convert(spec.mode)).tobytes()
+    if len(data) != spec.nbytes:
+        raise DatasetFormatError(f"member {name!r}: decoded to {len(data)} bytes, not "
+                                 f"{spec.nbytes}")
+    return data
 
 
 class ImageDecoder:
-    """Decodes image members in the order added into one ``N×H×W×C`` uint8 array.
+    """Decodes image members, in the order added, as the rows of one ``N×H×W×C`` uint8 array.
 
-    The first image sets the size and mode every later one must have. Each header is checked
-    (pixels, size, mode, and the decoded total against ``max_bytes``) before its pixel data is
-    decoded, so an image bomb fails without being decoded.
+    The first image sets the size and mode every later one must have. Each header is read
+    before any pixel: its pixel count, size and mode, and the decoded total it would bring,
+    are checked first, so nothing past ``max_decoded_bytes`` is ever decoded (with
+    ``expected_images``, e.g. a zip's listing, the whole total is known at the first header).
+    Decoded images go straight to an unnamed spill file, one at a time, so memory never holds
+    a list of them; :meth:`read` takes rows back out, in any order.
     """
 
-    def __init__(self, limits: ArchiveLimits):
+    def __init__(self, limits: ArchiveLimits, *, expected_images: int | None = None,
+                 spill_dir: Path | None = None):
         self.limits = limits
+        self.expected_images = expected_images
         self.spec: ImageSpec | None = None
         self.names: list[str] = []
-        self._images: list[np.ndarray] = []
-        self._max_images = 1  # until the first image tells how large each one is
+        self._spill = tempfile.TemporaryFile(dir=spill_dir)  # noqa: SIM115 - see __exit__
+
+    def __enter__(self) -> ImageDecoder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._spill.close()  # unnamed: nothing is left on disk, even after a kill
 
     def add(self, name: str, data: bytes) -> None:
-        # Every image has the first one's shape, so the total is known before decoding.
-        if len(self.names) >= self._max_images:
-            raise DatasetFormatError(f"member {name!r}: decoded images exceed "
-                                     f"{self.limits.max_bytes} bytes")
-        spec, image = _decode(name, data, self.limits.max_image_pixels, self.spec)
-        if self.spec is None:
-            self.spec, self._max_images = spec, self.limits.max_bytes // spec.nbytes
+        with _opened(name, data, self.limits.max_image_pixels) as img:
+            self._check(name, _header_spec(name, img, self.limits.max_image_pixels))
+            pixels = _pixels(name, img, self.spec)
+        self._spill.write(pixels)  # outside: a full disk is not an unreadable image
         self.names.append(name)
-        self._images.append(image)
 
-    def finish(self) -> tuple[list[str], np.ndarray]:
-        """Names and their images, in the order added."""
-        if not self._images:
-            return [], np.empty((0, 0, 0, 0), dtype=np.uint8)
-        return self.names, np.stack(self._images)
+    def _check(self, name: str, found: ImageSpec) -> None:
+        if self.spec is None:
+            self.spec = found
+        elif found.key != self.spec.key:
+            raise DatasetFormatError(
+                f"member {name!r} is {found} but {self.spec.source!r} is {self.spec}; "
+                "all images must share one size and mode")
+        images = max(len(self.names) + 1, self.expected_images or 0)
+        if images * self.spec.nbytes > self.limits.max_decoded_bytes:
+            raise DatasetFormatError(
+                f"member {name!r}: decoded images exceed {self.limits.max_decoded_bytes} "
+                f"bytes ({images} images of {self.spec} would take {images * self.spec.nbytes})")
+
+    def read(self, rows: list[int]) -> np.ndarray:
+        """The images added as numbers ``rows`` (0 is the first), as one ``len(rows)×H×W×C``
+        array, read back from the spill file (never mapped, so it never counts as memory)."""
+        self._spill.flush()
+        shape = self.spec.shape if self.spec else (0, 0, 0)
+        out = np.empty((len(rows), *shape), dtype=np.uint8)
+        for index, row in enumerate(rows):
+            size = out[index].nbytes
+            if os.preadv(self._spill.fileno(), [out[index]], row * size) != size:
+                raise OSError(f"image {row} is missing from the spill file")
+        return out
