@@ -180,7 +180,8 @@ def receipt_verify(
     sample_ids: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Also check the forgotten ids (one per line).")] = None,
 ) -> None:
-    """Check a receipt's signature offline; exit status 0 only if it is valid."""
+    """Check a receipt's (or a signed audit head's) signature offline; exit status 0 only if it
+    is valid."""
     from app.deletion_requests.receipts import ids_digest, load_public_key, verify_receipt
 
     document = json.loads(receipt.read_text())
@@ -193,6 +194,11 @@ def receipt_verify(
             typer.echo("INVALID: the sample ids do not hash to the receipt's digest")
             raise typer.Exit(1)
     body = document["receipt"]
+    if "request_id" not in body:  # a signed audit head (GET /v1/audit/head)
+        head = body["audit_head"]
+        typer.echo(f"valid: audit head seq {head['seq']} hash {head['hash']} at {body['at']}, "
+                   f"signed by key {document['key_id']}")
+        return
     typer.echo(f"valid: request {body['request_id']} forgot "
                f"{body['forgotten_samples']['count']} samples of model {body['model_id']} "
                f"(version {body['version_before']['version']} -> "

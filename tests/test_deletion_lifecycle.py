@@ -159,7 +159,7 @@ def test_audit_chain_verifies_and_names_the_tampered_event(sqlite_api, digits_np
                     "seq": victim["seq"]})
     verdict = api.get("/v1/audit/verify").json()
     assert verdict == {"valid": False, "checked": verdict["checked"],
-                       "first_invalid_seq": victim["seq"]}
+                       "first_invalid_seq": victim["seq"], "anchor_matches": None}
 
 
 def test_superseded_versions_are_withdrawn_and_purged(configure, digits_npz, digits_weights):
@@ -226,3 +226,65 @@ def test_erasure_waits_for_every_model_then_removes_the_bytes(sqlite_api, digits
     assert not arrays.x_train[rows].any() and arrays.x_train.any()
     # The evidence stays: ids and the original upload's hash.
     assert api.get(f"/v1/datasets/{dataset['id']}").json()["sha256"] == dataset["sha256"]
+
+
+def _rewrite_history(seq: int, data: dict) -> None:
+    """What someone with write access to the database could do: edit an event, then recompute
+    every later hash and the head, so the chain is consistent again."""
+    from sqlalchemy import select
+
+    from app.audit.service import GENESIS, event_hash
+    from app.audit.tables import AuditEvent, AuditHead
+    from app.core.db import session_scope
+
+    with session_scope() as db:
+        prev = GENESIS
+        for event in db.scalars(select(AuditEvent).order_by(AuditEvent.seq)):
+            if event.seq == seq:
+                event.data = data
+            event.prev_hash = prev
+            event.hash = prev = event_hash(event)
+        db.get(AuditHead, 1).last_hash = prev
+
+
+def test_a_rewritten_trail_is_caught_by_an_auditor_holding_an_earlier_receipt(
+        sqlite_api, digits_npz, digits_weights, tmp_path):
+    api = sqlite_api
+    _, model = register_digits(api, digits_npz, digits_weights)
+    request = forget(api, model["id"], sample_ids=sample_ids(api, model["dataset_id"], 5))
+    wait_for_request(api, request["id"])
+    document = api.get(f"/v1/deletion-requests/{request['id']}/receipt").json()
+    anchor = document["receipt"]["audit_head"]
+    signed_head = api.get("/v1/audit/head").json()
+    assert signed_head["receipt"]["audit_head"]["seq"] >= anchor["seq"]
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps(api.get("/v1/keys/receipt").json()))
+    head_file = tmp_path / "head.json"
+    head_file.write_text(json.dumps(signed_head))
+    from app.cli import cli
+
+    checked = CliRunner().invoke(cli, ["receipt", "verify", str(head_file), "--public-key",
+                                       str(key)])
+    assert checked.exit_code == 0, checked.output  # the signed head verifies offline
+    params = {"anchor_seq": anchor["seq"], "anchor_hash": anchor["hash"]}
+    assert api.get("/v1/audit/verify", params=params).json()["anchor_matches"] is True
+
+    events = api.get("/v1/audit", params={"limit": 1000}).json()["items"]
+    victim = next(e for e in events if e["action"] == "deletion_request.received")
+    _rewrite_history(victim["seq"], victim["data"] | {"num_samples": 1})
+
+    assert api.get("/v1/audit/verify").json()["valid"] is True  # the chain alone is fooled
+    verdict = api.get("/v1/audit/verify", params=params).json()
+    assert verdict["valid"] is False and verdict["anchor_matches"] is False
+    bad = api.get("/v1/audit/verify", params={"anchor_seq": 1})
+    assert bad.status_code == 422
+
+
+def test_verify_shows_a_tenant_only_its_own_events(sqlite_api, digits_npz, digits_weights):
+    api = sqlite_api
+    register_digits(api, digits_npz, digits_weights)
+    own = api.get("/v1/audit", params={"limit": 1000}).json()["items"]
+    other = api.new_tenant()
+    assert api.get("/v1/audit/verify").json()["checked"] == len(own)
+    assert other.get("/v1/audit/verify").json() == {
+        "valid": True, "checked": 0, "first_invalid_seq": None, "anchor_matches": None}

@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.audit.service import first_broken_event
+from app.audit.service import chain_head, check_chain
 from app.audit.tables import AuditEvent
 from app.core.auth import current_principal
-from app.core.db import get_db
+from app.core.db import get_db, utcnow
+from app.core.errors import invalid
 from app.core.openapi import AUTHENTICATED, VALIDATED
 from app.core.pagination import Page, PageParams, number_page_params, page_of
+from app.deletion_requests import receipts
 from app.tenants.service import Principal
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -37,8 +40,14 @@ class AuditEventOut(BaseModel):
 
 class ChainVerdict(BaseModel):
     valid: bool
-    checked: int
-    first_invalid_seq: int | None
+    checked: int = Field(description="This tenant's events verified (the chain is checked "
+                                     "whole; other tenants' volume is not shown).")
+    first_invalid_seq: int | None = Field(
+        description="The first event that does not match, when it is this tenant's.")
+    anchor_matches: bool | None = Field(
+        None, description="Whether the event the given anchor names still has the anchor's "
+                          "hash (None: no anchor given). False means the trail was rewritten "
+                          "after the anchor was signed, even if every hash was recomputed.")
 
 
 @router.get("", response_model=Page[AuditEventOut], responses=VALIDATED)
@@ -51,8 +60,22 @@ def list_events(page: PageParams = Depends(number_page_params), db: Session = De
     return page_of(rows, page, key=lambda e: e.seq, convert=AuditEventOut.of)
 
 
-@router.get("/verify", response_model=ChainVerdict, responses=AUTHENTICATED)
-def verify_chain(db: Session = Depends(get_db), _: Principal = Depends(current_principal)):
-    broken, checked = first_broken_event(db)
-    return ChainVerdict(valid=broken is None, checked=checked,
-                        first_invalid_seq=broken.seq if broken else None)
+@router.get("/verify", response_model=ChainVerdict, responses=VALIDATED)
+def verify_chain(
+    anchor_seq: int | None = Query(None, ge=0, le=2**63 - 1, description="`seq` of an anchor "
+                                   "(a receipt's `audit_head`, or GET /v1/audit/head)."),
+    anchor_hash: str | None = Query(None, pattern="^[0-9a-f]{64}$",
+                                    description="`hash` of the same anchor."),
+    db: Session = Depends(get_db), principal: Principal = Depends(current_principal),
+):
+    if (anchor_seq is None) != (anchor_hash is None):
+        raise invalid("anchor_seq and anchor_hash: give both or neither")
+    anchor = (anchor_seq, anchor_hash) if anchor_seq is not None else None
+    check = check_chain(db, principal.tenant_id, anchor)
+    return ChainVerdict(**asdict(check))
+
+
+@router.get("/head", responses=AUTHENTICATED,
+            summary="The chain's head, signed with the receipt key: an anchor to keep")
+def signed_head(db: Session = Depends(get_db), _: Principal = Depends(current_principal)):
+    return receipts.sign({"audit_head": chain_head(db), "at": utcnow().isoformat()})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.tables import AuditEvent, AuditHead
@@ -73,3 +74,38 @@ def first_broken_event(db: Session) -> tuple[AuditEvent | None, int]:
             return event, checked
         prev, checked = event.hash, checked + 1
     return None, checked
+
+
+def chain_head(db: Session) -> dict[str, Any]:
+    """The last event's sequence number and hash: what a receipt is signed under, so that a
+    later rewrite of any event up to it (hashes recomputed and all) no longer matches."""
+    last = db.execute(select(AuditEvent.seq, AuditEvent.hash)
+                      .order_by(AuditEvent.seq.desc()).limit(1)).first()
+    return {"seq": last.seq, "hash": last.hash} if last else {"seq": 0, "hash": GENESIS}
+
+
+@dataclass
+class ChainCheck:
+    valid: bool
+    checked: int  # the asking tenant's events verified: other tenants' volume is theirs
+    first_invalid_seq: int | None  # when the first broken event is the tenant's own
+    anchor_matches: bool | None  # None when no anchor was given
+
+
+def check_chain(db: Session, tenant_id: str, anchor: tuple[int, str] | None = None
+                ) -> ChainCheck:
+    """Verify the whole chain for one tenant, and that the event an earlier signed anchor
+    names still has the hash it had then."""
+    broken, _ = first_broken_event(db)
+    own = select(func.count()).select_from(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
+    if broken is not None:
+        own = own.where(AuditEvent.seq < broken.seq)
+    anchor_matches = None
+    if anchor is not None:
+        seq, expected = anchor
+        anchor_matches = db.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq)) == \
+            expected
+    first_invalid = broken.seq if broken is not None and broken.tenant_id == tenant_id else None
+    return ChainCheck(valid=broken is None and anchor_matches is not False,
+                      checked=db.scalar(own), first_invalid_seq=first_invalid,
+                      anchor_matches=anchor_matches)

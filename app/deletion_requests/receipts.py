@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import app
+from app.audit import service as audit
 from app.core.config import get_settings
 from app.core.errors import Problem
 from app.deletion_requests.tables import DeletionRequest
@@ -121,14 +122,22 @@ def receipt_payload(db: Session, request: DeletionRequest) -> dict[str, Any]:
         "deadline": request.deadline.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "completed_at": request.completed_at.isoformat() if request.completed_at else None,
+        # The audit chain's head when this receipt was issued: an auditor who keeps it can
+        # prove a later rewrite of the trail (GET /v1/audit/verify?anchor_seq=&anchor_hash=).
+        "audit_head": audit.chain_head(db),
     }
 
 
-def signed_receipt(db: Session, request: DeletionRequest) -> dict[str, Any]:
-    payload = receipt_payload(db, request)
+def sign(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` under ``receipt`` with the service's signature of its canonical JSON (the
+    envelope ``lethe receipt verify`` checks)."""
     key = signing_key()
     return {"receipt": payload, "algorithm": ALGORITHM, "key_id": key_id(key.public_key()),
             "signature": base64.b64encode(key.sign(canonical(payload))).decode()}
+
+
+def signed_receipt(db: Session, request: DeletionRequest) -> dict[str, Any]:
+    return sign(receipt_payload(db, request))
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:
