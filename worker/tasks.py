@@ -9,6 +9,7 @@ import time
 from celery.signals import worker_process_init, worker_ready
 
 from app.core.config import get_settings
+from app.core.storage import get_blob_store
 from worker.celery_app import celery_app
 from worker.claims import Verdict
 from worker.dispatch import send_job, sweep_stalled
@@ -40,7 +41,9 @@ def _fresh_connections(**_kwargs) -> None:
 
 @worker_ready.connect
 def _start_sweeper(**_kwargs) -> None:
-    """In the worker's main process: re-send jobs whose message was lost (see sweep_stalled)."""
+    """In the worker's main process: clear what dead processes left in staging, then re-send
+    jobs whose message was lost (see sweep_stalled)."""
+    get_blob_store().sweep_staging(older_than=time.time())
     interval = get_settings().sweep_interval_seconds
 
     def loop() -> None:
