@@ -13,12 +13,14 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from worker.bench import BenchConfigError
-from worker.bench.presets import CIFAR10, DIGITS, DatasetSpec, cifar10_archive
+from worker.bench.presets import CIFAR10, DIGITS, SYNTHETIC, DatasetSpec, cifar10_archive
 from worker.engine.data.arrays import DatasetArrays
 from worker.engine.data.formats import export_digits, load_dataset_file
 
 SUBSET_SEED = 0  # the same subset for every bench seed, so seeds vary only the training run
 VALIDATION_FRACTION = 0.1
+# Generated files, by source name: written into the cache on first use.
+GENERATED_FILES = {DIGITS: "digits.npz", SYNTHETIC: "synthetic-tabular.npz"}
 
 
 @dataclass
@@ -73,16 +75,38 @@ def source_file(source: str, cache_dir: Path) -> Path:
     """The upload-format file behind a dataset source name or path."""
     if source == CIFAR10:
         return cifar10_archive()
-    if source == DIGITS:
-        path = cache_dir / "datasets" / "digits.npz"
+    if source in GENERATED_FILES:
+        path = cache_dir / "datasets" / GENERATED_FILES[source]
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            export_digits(path)
+            export = export_digits if source == DIGITS else export_synthetic
+            partial = path.with_suffix(f".{os.getpid()}.tmp")
+            export(partial)
+            partial.replace(path)  # atomic: a concurrent run never reads half a file
         return path
     path = Path(source)
     if not path.is_file():
         raise BenchConfigError(f"dataset file {path} not found")
     return path
+
+
+def export_synthetic(path: Path) -> dict[str, Any]:
+    """Write a fixed synthetic table as an upload-ready ``.npz``: scikit-learn's
+    ``make_classification`` (3,000 rows, 20 float features of which 10 informative, 8 classes
+    of two clusters each, 1% label noise, seed 0), split 80/20 stratified with seed 0. Hard
+    enough that an MLP overfits it (test accuracy well under training accuracy), so there is
+    membership to infer."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=3_000, n_features=20, n_informative=10, n_redundant=4,
+                               n_classes=8, n_clusters_per_class=2, class_sep=1.0, flip_y=0.01,
+                               random_state=0)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x.astype(np.float32), y.astype(np.int64), test_size=0.2, stratify=y, random_state=0)
+    with Path(path).open("wb") as out:  # a file object stops numpy appending ".npz"
+        np.savez_compressed(out, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return {"path": str(path), "num_train": len(x_train), "num_test": len(x_test),
+            "num_classes": 8, "input_shape": [20]}
 
 
 def decoded_arrays(path: Path, cache_dir: Path) -> DatasetArrays:

@@ -15,8 +15,10 @@ from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 SCENARIO_TITLES = {"random-10": "10% random forgetting", "class": "Class forgetting"}
 TABLE_COLUMNS = (("UA", "ua", 2), ("RA", "ra", 2), ("TA", "ta", 2), ("MIA", "mia", 2),
-                 ("Avg. Gap", "avg_gap", 2), ("JS", "js", 4), ("seconds", "seconds", 2),
-                 ("speed-up", "speedup", 1))
+                 ("MIA (SalUn)", "mia_salun", 2), ("Avg. Gap", "avg_gap", 2),
+                 ("Avg. Gap (SalUn)", "avg_gap_salun", 2), ("JS", "js", 4),
+                 ("seconds", "seconds", 2), ("speed-up", "speedup", 1))
+GATE_COLUMN = "gate"
 # The project's goal for the core methods (see the bench issue): the region to land in.
 GOAL_GAP, GOAL_SPEEDUP = 2.0, 10.0
 GAP_TICKS = (0, 0.5, 1, 1.5, 2, 5, 10, 20, 50, 100)
@@ -27,9 +29,18 @@ def write_report(results: dict[str, Any], out: Path, stem: str = "results") -> d
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md",
              "plot": out / f"{stem}-tradeoff.png"}
     paths["json"].write_text(json.dumps(results, indent=2, default=str) + "\n")
-    paths["markdown"].write_text(markdown(results, paths["plot"].name))
     plot_tradeoff(results["rows"], paths["plot"], title=f"preset {results['preset']}")
-    return paths
+    if "pairs" not in results:
+        paths["markdown"].write_text(markdown(results, paths["plot"].name))
+        return paths
+    pair_plots = {}
+    for pair in results["pairs"]:
+        pair_plots[pair["pair"]] = out / f"{stem}-{pair['pair']}-tradeoff.png"
+        plot_tradeoff(pair["rows"], pair_plots[pair["pair"]], title=f"pair {pair['pair']}")
+    paths["markdown"].write_text(
+        suite_markdown(results, paths["plot"].name,
+                       {name: path.name for name, path in pair_plots.items()}))
+    return paths | {f"plot {name}": path for name, path in pair_plots.items()}
 
 
 # --- Markdown ------------------------------------------------------------------------------
@@ -38,18 +49,97 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     kind = f"tuning `{results['tune']['method']}`" if "tune" in results else "benchmark"
     lines = [f"# Lethe {kind}: preset `{results['preset']}`", "", _setup(results), ""]
     lines += [_originals(results["originals"]), ""]
-    for scenario in results["scenarios"]:
-        rows = [row for row in results["rows"] if row["scenario"] == scenario]
-        lines += [f"## {SCENARIO_TITLES.get(scenario, scenario)} (`{scenario}`)", "",
-                  *table(rows), ""]
-        failures = [f"- {row['label']}: failed on {'; '.join(row['errors'])}"
-                    for row in rows if row["errors"]]
-        lines += [*failures, ""] if failures else []
+    lines += _scenario_tables(results, level="##")
+    lines += [*_gate_section(results["gate"], results["scenarios"], "##"), ""]
     if "tune" in results:
         lines += [*_tuning(results["tune"]), ""]
-    lines += [_legend(len(results["seeds"]), results["dataset"]["test_split"]), "",
+    lines += [*_legend(len(results["seeds"]), results["dataset"]["test_split"]), "",
               f"![Avg. Gap against speed-up]({plot_name})", ""]
     return "\n".join(lines)
+
+
+def suite_markdown(results: dict[str, Any], plot_name: str,
+                   pair_plots: dict[str, str]) -> str:
+    """The rows averaged over the pairs first, then each pair's own report."""
+    pairs = results["pairs"]
+    names = ", ".join(f"`{pair['pair']}`" for pair in pairs)
+    kind = f"tuning `{results['tune']['method']}`" if "tune" in results else "benchmark"
+    lines = [f"# Lethe {kind}: preset `{results['preset']}`", "", results["description"], "",
+             f"Pairs {names}; seeds {results['seeds']}, device {results['device']}, "
+             f"{results['torch_threads']} torch thread(s); {results.get('seconds', 0):.0f} s "
+             "in all.", "",
+             f"## Overall: mean over {len(pairs)} pairs", "",
+             "Each figure is first the pair's own (its mean over seeds; for Avg. Gap (SalUn), "
+             "its gap between the means over seeds), then averaged over the pairs where the "
+             "row finished; ± is the standard deviation over pairs; gate counts are summed.",
+             ""]
+    lines += _scenario_tables(results, level="###")
+    lines += [*_gate_section(results["gate"], results["scenarios"], "###"), "",
+              f"![Avg. Gap against speed-up, mean over pairs]({plot_name})", ""]
+    if "tune" in results:
+        lines += [*_tuning(results["tune"]), "",
+                  *_leave_one_pair_out(results["tune"]["leave_one_pair_out"]), ""]
+    for pair in pairs:
+        lines += [f"## Pair `{pair['pair']}`", "", _setup(pair), "",
+                  _originals(pair["originals"]), "", *_scenario_tables(pair, level="###"),
+                  *_gate_section(pair["gate"], pair["scenarios"], "###"), "",
+                  f"![Avg. Gap against speed-up, {pair['pair']}]({pair_plots[pair['pair']]})",
+                  ""]
+    lines += [*_legend(len(results["seeds"]), pairs[0]["dataset"]["test_split"]), ""]
+    return "\n".join(lines)
+
+
+def _scenario_tables(results: dict[str, Any], level: str) -> list[str]:
+    lines = []
+    for scenario in results["scenarios"]:
+        rows = [row for row in results["rows"] if row["scenario"] == scenario]
+        lines += [f"{level} {SCENARIO_TITLES.get(scenario, scenario)} (`{scenario}`)", "",
+                  *table(rows), ""]
+        notes = [*_failures(rows), *_dampening_notes(rows)]
+        lines += [*notes, ""] if notes else []
+    return lines
+
+
+def _failures(rows: list[dict[str, Any]]) -> list[str]:
+    return [f"- {row['label']}: failed on {'; '.join(row['errors'])}"
+            for row in rows if row["errors"]]
+
+
+def _dampening_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """How many weights SSD-like rows dampened, per seed: a row that dampened none left the
+    model as it was, whatever its other figures say."""
+    notes = []
+    for row in rows:
+        counts = row.get("weights_dampened")
+        if not counts:
+            continue
+        total = next((t for t in row.get("weights_total", []) if t is not None), None)
+        shown = ", ".join("failed" if count is None else f"{count:,}" for count in counts)
+        of_total = f" of {total:,}" if total else ""
+        none = [seed for seed, count in zip(row["seeds"], counts, strict=True) if count == 0]
+        warning = (f"; **dampened nothing on seed(s) {', '.join(map(str, none))}**"
+                   if none else "")
+        notes.append(f"- {row['label']}: weights dampened per seed {shown}{of_total}{warning}")
+    return notes
+
+
+def _gate_section(gate: dict[str, dict[str, Any]], scenarios: list[str],
+                  level: str) -> list[str]:
+    """The acceptance gate's pass rate per contender, per scenario and over all trials."""
+    header = ["method", *(f"`{scenario}`" for scenario in scenarios), "all"]
+    lines = [f"{level} Acceptance gate", "",
+             "Share of trials the gate (worker/engine/gate.py, default thresholds) would "
+             "publish, judged against the original model on the data the method saw.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, entry in gate.items():
+        cells = [_percent(entry["per_scenario"].get(scenario)) for scenario in scenarios]
+        lines.append("| " + " | ".join([label, *cells, f"{_percent(entry['pass_rate'])} "
+                                        f"({entry['passed']}/{entry['trials']})"]) + " |")
+    return lines
+
+
+def _percent(rate: float | None) -> str:
+    return "–" if rate is None else f"{100 * rate:.0f}%"
 
 
 VALIDATION_SOURCES = {
@@ -87,20 +177,46 @@ def _versus_defaults(comparison: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _leave_one_pair_out(held_out: dict[str, Any]) -> list[str]:
+    """Each pair judged by the setting chosen on the other pairs alone."""
+    defaults = held_out["defaults"]
+    lines = ["## Leave one pair out", "",
+             "For each pair, the setting the criterion picks from the other pairs' rows alone, "
+             "and its Avg. Gap (Lethe's convention, mean over scenarios) on this pair, beside "
+             "this pair's own best" + (f" and the current defaults (`{defaults}`)"
+                                       if defaults else "") + ".", "",
+             "| held-out pair | chosen on the others | its gap here | best here | best gap "
+             "| defaults' gap |", "|---|---|---|---|---|---|"]
+    for pair, entry in held_out["pairs"].items():
+        lines.append(f"| {pair} | {entry['chosen_elsewhere'] or 'none'} | "
+                     f"{_number(entry['gap_here'])} | {entry['best_here'] or 'none'} | "
+                     f"{_number(entry['best_gap_here'])} | "
+                     f"{_number(entry['defaults_gap_here'])} |")
+    lines += ["", f"Mean held-out gap {_number(held_out['mean_held_out_gap'])}; the defaults "
+                  f"{_number(held_out['mean_defaults_gap'])}."]
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    header = ["method", *(title for title, _, _ in TABLE_COLUMNS)]
+    header = ["method", *(title for title, _, _ in TABLE_COLUMNS), GATE_COLUMN]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [_cell(row, key, digits) for _, key, digits in TABLE_COLUMNS]
-        lines.append("| " + " | ".join([row["label"], *cells]) + " |")
+        gate = f"{row['gate_passed']}/{row['gate_trials']}" if "gate_trials" in row else "–"
+        lines.append("| " + " | ".join([row["label"], *cells, gate]) + " |")
     return lines
 
 
 def _cell(row: dict[str, Any], key: str, digits: int) -> str:
     mean, std = row.get(key), row.get(f"{key}_std")
     if mean is None:
-        return "failed"
-    if len(row["seeds"]) > 1 and std is not None:
+        return "failed" if row.get("avg_gap") is None else "–"  # "–": not measured
+    spread_over = row.get("pairs") or row["seeds"]
+    if len(spread_over) > 1 and std is not None:
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
     return f"{mean:.{digits}f}"
 
@@ -124,16 +240,34 @@ def _originals(originals: list[dict[str, Any]]) -> str:
     return "Original models: " + "; ".join(parts) + "."
 
 
-def _legend(seed_count: int, test_split: str) -> str:
-    spread = (f"Means over {seed_count} seeds ± sample standard deviation; "
-              if seed_count > 1 else "One seed; ")
-    return (spread + "UA, RA, TA, MIA and Avg. Gap in percent. UA = 100 − accuracy on D_f, "
-            f"RA on D_r, TA on the {test_split} split; MIA = MIA-efficacy; Avg. Gap = mean "
-            "|method − retrain| over the four, per seed against that seed's retrain. JS: "
-            "Jensen-Shannon divergence (nats) to the retrained model's outputs on D_f. "
-            "Speed-up = retrain "
-            "seconds / method seconds in the same run. After class forgetting, TA and the "
-            f"attack's non-members use the {test_split} rows of the retained classes.")
+def _legend(seed_count: int, test_split: str) -> list[str]:
+    """What every column means and which convention it follows."""
+    spread = (f"Means over {seed_count} seeds ± sample standard deviation"
+              if seed_count > 1 else "One seed")
+    return [
+        "Columns (UA, RA, TA, both MIAs and both gaps in percent):", "",
+        f"- {spread}, except where a column says otherwise.",
+        "- UA = 100 − accuracy on D_f; RA: accuracy on D_r; TA: accuracy on the "
+        f"{test_split} split. After class forgetting, TA and both attacks' non-members use "
+        f"the {test_split} rows of the retained classes.",
+        "- MIA: Lethe's attack, a logistic regression on true-class confidence and output "
+        "entropy, trained on equal samples of D_r and the held-out rows (at most 5,000 each); "
+        "the share of D_f it calls non-member.",
+        "- MIA (SalUn): SalUn's `SVC_MIA_forget_efficacy['confidence']`, an "
+        "`SVC(C=3, gamma=\"auto\", kernel=\"rbf\")` on the true-class confidence alone; "
+        "members |held-out| random rows of D_r, non-members every held-out row (each side "
+        "capped at 5,000); the share of D_f it predicts non-member.",
+        "- Avg. Gap: Lethe's convention, per seed the mean |method − that seed's retrain| over "
+        "UA, RA, TA and MIA (Lethe's), then averaged over seeds.",
+        "- Avg. Gap (SalUn): SalUn's convention, the mean over UA, RA, TA and MIA (SalUn) of "
+        "|mean over seeds of the method − mean over seeds of retrain|, one figure per row "
+        "(no spread); never above the per-seed convention on the same MIA. Set this column, "
+        "not Avg. Gap, beside SalUn's published table.",
+        "- JS: Jensen-Shannon divergence (nats, summed over classes) to the retrained model's "
+        "outputs on D_f. Speed-up = retrain seconds / method seconds in the same run.",
+        "- gate: trials the acceptance gate (default thresholds) would publish, of all trials; "
+        "a method that raised counts as not published; retrain is exact and always is.",
+    ]
 
 
 # --- Plot ----------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """``lethe bench``: train (or load) the original model, retrain on D_r as the reference, run
-each method on the same forget set, score everything against the reference, per seed."""
+each method on the same forget set, score everything against the reference and put every
+result through the acceptance gate, per seed; a suite repeats this for each of its pairs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import copy
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,32 @@ import torch
 from worker.bench import BenchConfigError
 from worker.bench.cache import ModelCache, original_key
 from worker.bench.data import BenchData, load_bench_data
-from worker.bench.presets import SCENARIOS, Preset, default_cache_dir, get_preset
+from worker.bench.presets import (
+    SCENARIOS,
+    Preset,
+    PresetSuite,
+    Variant,
+    default_cache_dir,
+    get_suite,
+)
 from worker.bench.progress import BenchProgress
 from worker.bench.report import write_report
 from worker.bench.scenarios import draw_forget_set, evaluation_data, unlearning_data
-from worker.bench.scoring import Trial, percent_scores, summarise
+from worker.bench.scoring import (
+    Trial,
+    average_over_pairs,
+    gate_pass_rates,
+    percent_scores,
+    summarise,
+)
 from worker.engine.architectures import Classifier, build_model
 from worker.engine.device import pick_device
+from worker.engine.gate import GateThresholds, judge
 from worker.engine.methods import METHODS, ProgressFn, UnlearningData, UnlearningTask
 from worker.engine.metrics import (
     accuracy,
     ensure_finite,
-    evaluate,
+    evaluate_with_salun_mia,
     js_divergence,
     predict_logits,
 )
@@ -39,11 +54,16 @@ REFERENCE = "retrain"
 
 @dataclass(frozen=True)
 class Contender:
-    """One row of the table: a method with its parameter overrides."""
+    """One row of the table: a method with its parameter overrides, and those that apply to
+    one scenario only (over ``params``)."""
 
     label: str
     method: str
     params: dict[str, Any]
+    scenario_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def params_for(self, scenario: str) -> dict[str, Any]:
+        return {**self.params, **self.scenario_params.get(scenario, {})}
 
 
 @dataclass(frozen=True)
@@ -65,40 +85,94 @@ def run_bench(preset: str = "smoke", out: Path = Path("bench-out"), *,
               methods: list[str] | None = None, scenarios: list[str] | None = None,
               seeds: list[int] | None = None, dataset: Path | None = None,
               cache_dir: Path | None = None, show_progress: bool = True) -> BenchOutput:
-    """Run the preset (or the part of it the options select) and write the report to ``out``."""
-    chosen = resolve_preset(preset, dataset)
-    contenders = plan_contenders(chosen, methods)
-    scenario_names, seed_list = plan_scenarios(chosen, scenarios), plan_seeds(chosen, seeds)
+    """Run the preset (or the part of it the options select) and write the report to ``out``.
+    A suite (e.g. ``zoo``) runs the same selection on each of its pairs."""
+    suite = resolve_suite(preset, dataset)
+    # Every pair's plan first: a bad option fails before the first pair's hours of training.
+    plans = [PairPlan(pair, plan_contenders(pair, methods), plan_scenarios(pair, scenarios),
+                      plan_seeds(pair, seeds)) for pair in suite.pairs]
     cache_dir = Path(cache_dir or default_cache_dir())
     started = time.perf_counter()
-    data = load_bench_data(chosen.dataset, cache_dir)
-    runner = BenchRunner(chosen, data, ModelCache(cache_dir))
-    trials = runner.run(contenders, scenario_names, seed_list, show_progress)
-    results = runner.results(trials, scenario_names, seed_list)
+    pair_results = [run_pair(plan, cache_dir, show_progress) for plan in plans]
+    results = pair_results[0] if len(pair_results) == 1 else suite_results(suite, pair_results)
     results["seconds"] = round(time.perf_counter() - started, 1)
     return BenchOutput(results, write_report(results, Path(out)))
 
 
-def resolve_preset(name: str, dataset: Path | None) -> Preset:
-    preset = get_preset(name)
-    return preset.with_dataset(dataset) if dataset is not None else preset
+@dataclass(frozen=True)
+class PairPlan:
+    """What one pair of a run covers."""
+
+    preset: Preset
+    contenders: list[Contender]
+    scenarios: tuple[str, ...]
+    seeds: tuple[int, ...]
+
+
+def run_pair(plan: PairPlan, cache_dir: Path, show_progress: bool) -> dict[str, Any]:
+    """One dataset and architecture: every contender over the seeds and scenarios."""
+    started = time.perf_counter()
+    data = load_bench_data(plan.preset.dataset, cache_dir)
+    runner = BenchRunner(plan.preset, data, ModelCache(cache_dir))
+    trials = runner.run(plan.contenders, plan.scenarios, plan.seeds, show_progress)
+    results = runner.results(trials, plan.scenarios, plan.seeds)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def suite_results(suite: PresetSuite, pair_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each pair's results as they are, and the rows averaged over the pairs."""
+    rows = average_over_pairs({results["pair"]: results["rows"] for results in pair_results})
+    first = pair_results[0]
+    return {"preset": suite.name, "description": suite.description,
+            "pairs": pair_results, "seeds": first["seeds"], "scenarios": first["scenarios"],
+            "device": first["device"], "torch_threads": first["torch_threads"],
+            "created": first["created"], "rows": rows, "gate": gate_pass_rates(rows)}
+
+
+def resolve_suite(name: str, dataset: Path | None) -> PresetSuite:
+    suite = get_suite(name)
+    if dataset is None:
+        return suite
+    if len(suite.pairs) > 1:
+        raise BenchConfigError(f"--dataset replaces one preset's data; {name!r} has "
+                               f"{len(suite.pairs)} pairs, each with its own")
+    return PresetSuite(suite.name, suite.description, (suite.pairs[0].with_dataset(dataset),))
 
 
 def plan_contenders(preset: Preset, methods: list[str] | None) -> list[Contender]:
     """Retrain first (every gap and speed-up is measured against it), then the methods asked
-    for, each with the preset's overrides checked against its parameter schema."""
-    names = methods or METHODS.names()
-    unknown = [name for name in names if name not in METHODS]
+    for, each with the preset's overrides checked against its parameter schema, then the
+    preset's labelled variants. Without ``methods``: the preset's methods (default every
+    registered one) and all its variants; with it, each name is a method or a variant's label."""
+    variants = {variant.label: variant for variant in preset.variants}
+    names = methods or [*(preset.methods or METHODS.names()), *variants]
+    unknown = [name for name in names if name not in METHODS and name not in variants]
     if unknown:
         raise BenchConfigError(f"unknown method(s) {', '.join(unknown)}; known: "
-                               f"{', '.join(METHODS.names())}")
+                               f"{', '.join([*METHODS.names(), *variants])}")
     ordered = [REFERENCE, *(name for name in dict.fromkeys(names) if name != REFERENCE)]
-    return [contender(name, preset.params_for(name)) for name in ordered]
+    return [variant_contender(preset, variants[name]) if name in variants
+            else contender(name, preset.params_for(name)) for name in ordered]
 
 
-def contender(method: str, params: dict[str, Any], label: str | None = None) -> Contender:
-    METHODS.get(method).Params.model_validate(params)  # fail before hours of training
-    return Contender(label or method, method, params)
+def contender(method: str, params: dict[str, Any], label: str | None = None,
+              scenario_params: dict[str, dict[str, Any]] | None = None) -> Contender:
+    planned = Contender(label or method, method, params, dict(scenario_params or {}))
+    for scenario in (None, *planned.scenario_params):  # fail before hours of training
+        METHODS.get(method).Params.model_validate(planned.params_for(scenario))
+    return planned
+
+
+def variant_contender(preset: Preset, variant: Variant) -> Contender:
+    """A variant's row: the preset's overrides for its method, then the variant's own."""
+    if variant.method not in METHODS:
+        raise BenchConfigError(f"variant {variant.label!r} names unknown method "
+                               f"{variant.method!r}")
+    return contender(variant.method, {**preset.params_for(variant.method), **variant.params},
+                     variant.label,
+                     {scenario: dict(params) for scenario, params in
+                      variant.scenario_params.items()})
 
 
 def plan_scenarios(preset: Preset, scenarios: list[str] | None) -> tuple[str, ...]:
@@ -209,7 +283,8 @@ class BenchRunner:
         the run goes on and the table hides nothing."""
         method = METHODS.get(contender.method)
         seed = setting.seed
-        params = method.Params.model_validate({**contender.params, "seed": seed})
+        params = method.Params.model_validate(
+            {**contender.params_for(setting.scenario), "seed": seed})
         trial = Trial(seed, setting.scenario, contender.label, contender.method,
                       params.model_dump(mode="json", exclude={"seed"}))
         step = f"seed {seed}: {setting.scenario}: {contender.label}"
@@ -222,6 +297,7 @@ class BenchRunner:
                 outcome = method().run(task, params)
                 trial.seconds = _elapsed(started, self.device)
                 trial.metrics = outcome.metrics
+                trial.gate = self._gate(original, outcome.model, setting, contender.method)
                 return trial, self._score(trial, outcome.model, setting)
             except Exception as exc:  # one method's failure must not end the run
                 trial.error = f"{type(exc).__name__}: {exc}"
@@ -229,18 +305,33 @@ class BenchRunner:
                 return trial, None
 
     def _score(self, trial: Trial, model: Classifier, setting: Setting) -> torch.Tensor:
-        """Fill in the trial's scores; returns the model's logits on D_f."""
+        """Fill in the trial's scores (Lethe's MIA and SalUn's); returns the model's logits
+        on D_f."""
         data = setting.data
         forget_logits = ensure_finite(
             predict_logits(model, data.x_train[data.forget_idx], self.device))
         trial.scores = percent_scores(
-            evaluate(model, evaluation_data(data), self.device, setting.seed))
+            evaluate_with_salun_mia(model, evaluation_data(data), self.device, setting.seed))
         return forget_logits
+
+    def _gate(self, original: Classifier, model: Classifier, setting: Setting,
+              method: str) -> dict[str, Any]:
+        """The acceptance gate's verdict at its default thresholds, on the data the method
+        saw (the gate leaves out a forgotten class's test rows itself). Retraining is exact:
+        the gate publishes it whatever its noise-level figures say."""
+        try:
+            verdict = judge(original, model, setting.data, GateThresholds(), self.device,
+                            seed=setting.seed, exact=method == REFERENCE)
+        except Exception as exc:  # a gate failure must not read as the method's
+            return {"verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
+        return verdict.as_dict()
 
     def results(self, trials: list[Trial], scenarios: tuple[str, ...],
                 seeds: tuple[int, ...]) -> dict[str, Any]:
+        rows = summarise(trials, REFERENCE)
         return {
             "preset": self.preset.name,
+            "pair": self.preset.name,
             "dataset": {"source": self.preset.dataset.source, **self.data.describe()},
             "architecture": self.preset.architecture,
             "architecture_config": {**self.config, "input_shape": list(self.data.input_shape)},
@@ -251,7 +342,8 @@ class BenchRunner:
             "torch_threads": self.preset.torch_threads or torch.get_num_threads(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "originals": self.originals,
-            "rows": summarise(trials, REFERENCE),
+            "rows": rows,
+            "gate": gate_pass_rates(rows),
         }
 
 

@@ -1,6 +1,7 @@
 """``lethe bench --tune METHOD --grid JSON``: sweep a method's parameters on a validation split
 taken from the training data (the test split is never looked at) and pick the setting with
-the lowest Avg. Gap among those fast enough."""
+the lowest Avg. Gap among those fast enough. On a suite of pairs (``--preset zoo``), each pair
+is also judged by the setting the other pairs alone would have chosen."""
 
 from __future__ import annotations
 
@@ -13,16 +14,19 @@ from typing import Any
 from worker.bench import BenchConfigError
 from worker.bench.cache import ModelCache
 from worker.bench.data import load_validation_arrays, to_bench_data
-from worker.bench.presets import default_cache_dir
+from worker.bench.presets import Preset, default_cache_dir
 from worker.bench.report import GOAL_SPEEDUP, write_report
 from worker.bench.runner import (
     REFERENCE,
     BenchOutput,
     BenchRunner,
+    Contender,
+    PairPlan,
     contender,
     plan_scenarios,
     plan_seeds,
-    resolve_preset,
+    resolve_suite,
+    suite_results,
 )
 from worker.engine.methods import METHODS
 
@@ -33,32 +37,112 @@ def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
              validation: str = "carve", min_speedup: float = GOAL_SPEEDUP,
              show_progress: bool = True) -> BenchOutput:
     """Run every grid point of ``method`` against retraining and write tune.json/.md/.png.
-    ``validation`` says where the validation split comes from (see load_validation_arrays)."""
-    chosen = resolve_preset(preset, dataset)
+    ``validation`` says where the validation split comes from (see load_validation_arrays).
+    On a suite of several pairs, each pair is swept, and each setting is also judged on every
+    pair by the choice made on the other pairs alone (leave one pair out)."""
+    suite = resolve_suite(preset, dataset)
     if method == REFERENCE:
         raise BenchConfigError("retrain is the reference every setting is measured against; "
                                "tune another method")
     points = grid_points(grid)
     labelled = {point_label(point): point for point in points}
-    contenders = [contender(REFERENCE, chosen.params_for(REFERENCE)),
-                  *(contender(method, {**chosen.params_for(method), **point}, label)
-                    for label, point in labelled.items())]
-    scenario_names, seed_list = plan_scenarios(chosen, scenarios), plan_seeds(chosen, seeds)
+    # Every pair's plan first: a bad option fails before the first pair's hours of training.
+    plans = [PairPlan(pair, sweep_contenders(pair, method, labelled),
+                      plan_scenarios(pair, scenarios), plan_seeds(pair, seeds))
+             for pair in suite.pairs]
     cache_dir = Path(cache_dir or default_cache_dir())
     started = time.perf_counter()
-    arrays, name = load_validation_arrays(chosen.dataset, cache_dir, validation)
-    data = to_bench_data(arrays, name, test_split="validation")
-    runner = BenchRunner(chosen, data, ModelCache(cache_dir))
-    trials = runner.run(contenders, scenario_names, seed_list, show_progress)
-    results = runner.results(trials, scenario_names, seed_list)
-    defaults = METHODS.get(method).Params().model_dump(mode="json") | chosen.params_for(method)
-    results["tune"] = {"method": method, "grid": grid, "validation": validation,
-                       "min_speedup": min_speedup,
-                       "criterion": CRITERION.format(min_speedup=min_speedup),
-                       "chosen": choose(results["rows"], labelled, min_speedup),
-                       "versus_defaults": versus_defaults(results["rows"], labelled, defaults)}
+    pair_results = [tune_pair(plan, method, grid, labelled, cache_dir, validation,
+                              min_speedup, show_progress) for plan in plans]
+    if len(pair_results) == 1:
+        results = pair_results[0]
+    else:
+        results = suite_results(suite, pair_results)
+        results["tune"] = {**_tune_record(method, grid, validation, min_speedup),
+                           "chosen": choose(_all_rows(pair_results), labelled, min_speedup),
+                           "leave_one_pair_out": leave_one_pair_out(
+                               pair_results, labelled, min_speedup,
+                               _defaults(method, suite.pairs[0]))}
     results["seconds"] = round(time.perf_counter() - started, 1)
     return BenchOutput(results, write_report(results, Path(out), stem="tune"))
+
+
+def sweep_contenders(preset: Preset, method: str,
+                     labelled: dict[str, dict[str, Any]]) -> list[Contender]:
+    """Retrain, then the method at every grid point over the preset's overrides."""
+    return [contender(REFERENCE, preset.params_for(REFERENCE)),
+            *(contender(method, {**preset.params_for(method), **point}, label)
+              for label, point in labelled.items())]
+
+
+def tune_pair(plan: PairPlan, method: str, grid: dict[str, list[Any]],
+              labelled: dict[str, dict[str, Any]], cache_dir: Path, validation: str,
+              min_speedup: float, show_progress: bool) -> dict[str, Any]:
+    """One pair's sweep on its validation split, with the setting its own rows choose."""
+    preset = plan.preset
+    started = time.perf_counter()
+    arrays, name = load_validation_arrays(preset.dataset, cache_dir, validation)
+    data = to_bench_data(arrays, name, test_split="validation")
+    runner = BenchRunner(preset, data, ModelCache(cache_dir))
+    trials = runner.run(plan.contenders, plan.scenarios, plan.seeds, show_progress)
+    results = runner.results(trials, plan.scenarios, plan.seeds)
+    results["tune"] = {**_tune_record(method, grid, validation, min_speedup),
+                       "chosen": choose(results["rows"], labelled, min_speedup),
+                       "versus_defaults": versus_defaults(results["rows"], labelled,
+                                                          _defaults(method, preset))}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def _tune_record(method: str, grid: dict[str, list[Any]], validation: str,
+                 min_speedup: float) -> dict[str, Any]:
+    return {"method": method, "grid": grid, "validation": validation,
+            "min_speedup": min_speedup, "criterion": CRITERION.format(min_speedup=min_speedup)}
+
+
+def _defaults(method: str, preset: Preset) -> dict[str, Any]:
+    return METHODS.get(method).Params().model_dump(mode="json") | preset.params_for(method)
+
+
+def _all_rows(pair_results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for results in pair_results for row in results["rows"]]
+
+
+def leave_one_pair_out(pair_results: list[dict[str, Any]], labelled: dict[str, dict[str, Any]],
+                       min_speedup: float, defaults: dict[str, Any]) -> dict[str, Any]:
+    """For each pair: the setting the criterion picks from the other pairs' rows, and how it
+    scores on this pair (its Avg. Gap, mean over scenarios), beside this pair's own best and,
+    when the grid holds them, the current defaults. A setting that only wins where it was
+    tuned shows here as a held-out gap well above the pair's own best."""
+    default_label = next((label for label, point in labelled.items()
+                          if all(defaults.get(name) == value for name, value in point.items())),
+                         None)
+    held_out = {}
+    for index, results in enumerate(pair_results):
+        others = _all_rows(pair_results[:index] + pair_results[index + 1:])
+        picked = choose(others, labelled, min_speedup)
+        own = {label: _candidate(label, point, [row for row in results["rows"]
+                                                if row["label"] == label])
+               for label, point in labelled.items()}
+        best = choose(results["rows"], labelled, min_speedup)
+        held_out[results["pair"]] = {
+            "chosen_elsewhere": None if picked is None else picked["label"],
+            "gap_here": _gap(own, None if picked is None else picked["label"]),
+            "best_here": None if best is None else best["label"],
+            "best_gap_here": None if best is None else best["avg_gap"],
+            "defaults_gap_here": _gap(own, default_label)}
+    gaps = [entry["gap_here"] for entry in held_out.values() if entry["gap_here"] is not None]
+    default_gaps = [entry["defaults_gap_here"] for entry in held_out.values()
+                    if entry["defaults_gap_here"] is not None]
+    return {"defaults": default_label, "pairs": held_out,
+            "mean_held_out_gap": round(statistics.fmean(gaps), 4) if gaps else None,
+            "mean_defaults_gap": round(statistics.fmean(default_gaps), 4)
+            if default_gaps else None}
+
+
+def _gap(candidates: dict[str, dict[str, Any] | None], label: str | None) -> float | None:
+    candidate = candidates.get(label) if label is not None else None
+    return None if candidate is None else candidate["avg_gap"]
 
 
 CRITERION = ("lowest Avg. Gap averaged over the scenarios, among the settings at least "

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
 from torch import nn
 
 if TYPE_CHECKING:  # importing at run time would be circular (methods -> training -> metrics)
@@ -24,6 +25,8 @@ if TYPE_CHECKING:  # importing at run time would be circular (methods -> trainin
 
 DEFAULT_MAX_EVAL = 10_000
 DEFAULT_MIA_SAMPLES = 5_000
+# SalUn's attack is an RBF SVC, whose fit grows with the square of its rows: cap each side.
+SALUN_MIA_MAX_ROWS = 5_000
 MEMBER, NON_MEMBER = 1, 0
 
 
@@ -134,6 +137,69 @@ def mia_efficacy(
         seed=seed, max_samples=max_samples)
 
 
+def true_class_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Per sample, the softmax probability of the true class (``N×1``): SalUn's one feature."""
+    return mia_features(logits, y)[:, :1]
+
+
+def salun_attack() -> SVC:
+    """SalUn's membership attack exactly: ``SVC(C=3, gamma="auto", kernel="rbf")``, unscaled
+    (on one feature, gamma "auto" is 1)."""
+    return SVC(C=3, gamma="auto", kernel="rbf")
+
+
+def salun_mia_efficacy_from_logits(
+    retain: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    forget: tuple[torch.Tensor, torch.Tensor],
+    *,
+    seed: int,
+    max_rows: int = SALUN_MIA_MAX_ROWS,
+) -> float | None:
+    """SalUn's reported MIA (``SVC_MIA_forget_efficacy['confidence']``, Fan et al., ICLR 2024)
+    from ``(logits, labels)`` pairs, as methods.md states it.
+
+    Non-members are every test row, members as many retain rows drawn at random (seeded;
+    SalUn takes the first |D_t| rows, random only because of torchvision's CIFAR order). The
+    attack sees the true-class confidence alone; the figure is the share of forget rows it
+    predicts non-member. Unlike SalUn, each side is capped at ``max_rows`` (a seeded sample of
+    the test rows beyond it), because the SVC's fit is quadratic in its rows.
+    """
+    (retain_logits, y_retain), (test_logits, y_test), (forget_logits, y_forget) = (
+        retain, test, forget)
+    if min(len(y_retain), len(y_test), len(y_forget)) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    non_member_rows = _sample_rows(len(y_test), min(len(y_test), max_rows), rng)
+    member_rows = _sample_rows(len(y_retain), min(len(y_retain), len(non_member_rows)), rng)
+    members = true_class_confidence(retain_logits, y_retain)[member_rows]
+    non_members = true_class_confidence(test_logits, y_test)[non_member_rows]
+    attack = salun_attack()
+    attack.fit(np.concatenate([members, non_members]),
+               np.concatenate([np.full(len(members), MEMBER),
+                               np.full(len(non_members), NON_MEMBER)]))
+    predicted = attack.predict(true_class_confidence(forget_logits, y_forget))
+    return float((predicted == NON_MEMBER).mean())
+
+
+def salun_mia_efficacy(model: nn.Module, data: UnlearningData, device: torch.device,
+                       seed: int, max_rows: int = SALUN_MIA_MAX_ROWS) -> float | None:
+    """SalUn's MIA-efficacy of ``model`` on ``data``'s forget set (see
+    ``salun_mia_efficacy_from_logits``); predicts only the rows the attack uses. Pass the data
+    scores are taken on: after class forgetting, the test rows of the retained classes."""
+    rng = np.random.default_rng(seed)
+    test_rows = torch.from_numpy(_sample_rows(len(data.y_test), min(len(data.y_test), max_rows),
+                                              rng))
+    retain_rows = data.retain_idx[torch.from_numpy(
+        _sample_rows(len(data.retain_idx), min(len(data.retain_idx), len(test_rows)), rng))]
+    y_forget = data.y_train[data.forget_idx]
+    return salun_mia_efficacy_from_logits(
+        (predict_logits(model, data.x_train[retain_rows], device), data.y_train[retain_rows]),
+        (predict_logits(model, data.x_test[test_rows], device), data.y_test[test_rows]),
+        (predict_logits(model, data.x_train[data.forget_idx], device), y_forget),
+        seed=seed, max_rows=max_rows)
+
+
 def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float | None:
     """Jensen-Shannon divergence of the two models' output distributions, in nats (at most
     ln 2): summed over classes, averaged over samples; None for no samples."""
@@ -179,4 +245,27 @@ def evaluate(model: nn.Module, data: UnlearningData, device: torch.device, seed:
         "mia_efficacy": mia_efficacy_from_logits(
             (retain_logits, y_retain), (test_logits, y_test), (forget_logits, y_forget),
             seed=seed),
+    }
+
+
+def evaluate_with_salun_mia(model: nn.Module, data: UnlearningData, device: torch.device,
+                            seed: int, max_eval: int = DEFAULT_MAX_EVAL
+                            ) -> dict[str, float | None]:
+    """``evaluate``'s figures (the same rows, the same values) plus SalUn's MIA-efficacy as
+    ``salun_mia_efficacy``, all from one prediction per row: predicting is most of the cost.
+
+    SalUn's members are drawn from the retain rows ``evaluate`` scores, so where D_r has more
+    than ``max_eval`` rows the draw differs from ``salun_mia_efficacy``'s (equally random)."""
+    retain_idx = _subsample(data.retain_idx, max_eval, seed)
+    test_idx = _subsample(torch.arange(len(data.y_test)), max_eval, seed)
+    forget = (predict_logits(model, data.x_train[data.forget_idx], device),
+              data.y_train[data.forget_idx])
+    retain = (predict_logits(model, data.x_train[retain_idx], device), data.y_train[retain_idx])
+    test = (predict_logits(model, data.x_test[test_idx], device), data.y_test[test_idx])
+    return {
+        "forget_accuracy": accuracy_from_logits(*forget),
+        "retain_accuracy": accuracy_from_logits(*retain),
+        "test_accuracy": accuracy_from_logits(*test),
+        "mia_efficacy": mia_efficacy_from_logits(retain, test, forget, seed=seed),
+        "salun_mia_efficacy": salun_mia_efficacy_from_logits(retain, test, forget, seed=seed),
     }
