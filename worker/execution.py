@@ -34,7 +34,7 @@ from worker.claims import Claim, Verdict
 from worker.engine.architectures import build_model
 from worker.engine.data.arrays import DatasetArrays
 from worker.engine.device import describe_hardware, pick_device
-from worker.engine.gate import GateThresholds, GateVerdict, judge
+from worker.engine.gate import Gate, GateThresholds, GateVerdict
 from worker.engine.methods import (
     METHODS,
     JobCancelled,
@@ -330,6 +330,7 @@ class JobContext:
     device: torch.device
     reporter: ProgressReporter
     thresholds: GateThresholds
+    gate: Gate
     attempts: list[Attempt] = field(default_factory=list)
 
 
@@ -343,8 +344,9 @@ def run_claimed(claim: Claim, reporter: ProgressReporter) -> JobResult:
     device = pick_device()
     base = build_model(inputs.model.architecture, inputs.model.architecture_config)
     base.load_state_dict(load_file(str(get_blob_store().path(inputs.base.sha256))))
-    context = JobContext(inputs, base.to(device).eval(), build_data(inputs), device, reporter,
-                         thresholds_of(inputs.job))
+    base, data, thresholds = base.to(device).eval(), build_data(inputs), thresholds_of(inputs.job)
+    gate = Gate(base, data, thresholds, device, seed=inputs.job.params.get("seed", 0))
+    context = JobContext(inputs, base, data, device, reporter, thresholds, gate)
     accepted = run_chain(context, claim)
     reporter.phase("evaluating", METHOD_END)
     metrics = evaluate(accepted.outcome.model, context.data, device,
@@ -390,8 +392,7 @@ def run_candidate(context: JobContext, candidate: Candidate, progress) -> Attemp
         device=context.device, progress=progress, state=load_state(inputs, candidate.method))
     try:
         outcome = method().run(task, params)
-        verdict = judge(context.base, outcome.model, context.data, context.thresholds,
-                        context.device, seed=params.seed, exact=method.exact)
+        verdict = context.gate.judge(outcome.model, exact=method.exact)
     except (JobCancelled, LostJob, WorkerStopping, *TRANSIENT_ERRORS):
         raise
     except Exception as exc:  # noqa: BLE001 - one method's failure hands over to the next

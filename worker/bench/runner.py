@@ -38,7 +38,7 @@ from worker.bench.scoring import (
 )
 from worker.engine.architectures import Classifier, build_model
 from worker.engine.device import pick_device
-from worker.engine.gate import GateThresholds, judge
+from worker.engine.gate import Gate, GateThresholds
 from worker.engine.methods import METHODS, ProgressFn, UnlearningData, UnlearningTask
 from worker.engine.metrics import (
     accuracy,
@@ -202,6 +202,7 @@ class BenchRunner:
                        **preset.architecture_config}
         self.originals: list[dict[str, Any]] = []
         self.progress = BenchProgress(0, enabled=False)
+        self._gates: dict[tuple[int, str], Gate] = {}  # per (seed, scenario)
 
     def build_fresh(self) -> Classifier:
         return build_model(self.preset.architecture, self.config)
@@ -320,8 +321,11 @@ class BenchRunner:
         saw (the gate leaves out a forgotten class's test rows itself). Retraining is exact:
         the gate publishes it whatever its noise-level figures say."""
         try:
-            verdict = judge(original, model, setting.data, GateThresholds(), self.device,
-                            seed=setting.seed, exact=method == REFERENCE)
+            key = (setting.seed, setting.scenario)
+            if key not in self._gates:  # the original's outputs, once per forget set
+                self._gates[key] = Gate(original, setting.data, GateThresholds(), self.device,
+                                        seed=setting.seed)
+            verdict = self._gates[key].judge(model, exact=method == REFERENCE)
         except Exception as exc:  # a gate failure must not read as the method's
             return {"verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
         return verdict.as_dict()

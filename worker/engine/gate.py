@@ -38,7 +38,7 @@ from worker.engine.metrics import mia_features, predict_logits
 
 MEMBER, NON_MEMBER = 1, 0
 
-__all__ = ["Criterion", "GateThresholds", "GateVerdict", "judge", "weights_changed"]
+__all__ = ["Criterion", "Gate", "GateThresholds", "GateVerdict", "judge", "weights_changed"]
 
 
 @dataclass
@@ -140,33 +140,50 @@ def weights_changed(base: nn.Module, candidate: nn.Module) -> bool:
                for k in base_state)
 
 
+class Gate:
+    """The gate of one request: the base model's outputs on the request's samples are taken
+    once, then any number of candidates are judged against them."""
+
+    def __init__(self, base: nn.Module, data: UnlearningData, thresholds: GateThresholds,
+                 device: torch.device, seed: int = 0):
+        self.base, self.data, self.thresholds = base, data, thresholds
+        self.device, self.seed = device, seed
+        self.rows = gate_rows(data, thresholds.sample_rows, seed)
+        self.base_out = _Outputs.of(base, self.rows, device)
+
+    def judge(self, candidate: nn.Module, *, exact: bool = False) -> GateVerdict:
+        rows, base_out, thresholds = self.rows, self.base_out, self.thresholds
+        cand_out = _Outputs.of(candidate, rows, self.device)
+        figures: dict[str, float | None] = {
+            "base_test_accuracy": base_out.test_acc, "test_accuracy": cand_out.test_acc,
+            "base_retain_accuracy": base_out.retain_acc,
+            "retain_accuracy": cand_out.retain_acc,
+            "base_forget_accuracy": base_out.forget_acc,
+            "forget_accuracy": cand_out.forget_acc,
+            "rows": {"test": len(rows.test_y), "retain": len(rows.retain_y),
+                     "forget": len(rows.forget_y)},
+        }
+        if not cand_out.finite:
+            criteria = [Criterion("finite", 0, 1, "min", False,
+                                  "the candidate outputs NaN or infinity")]
+            return GateVerdict(False, criteria, figures, exact, thresholds.model_dump())
+        criteria = [_changed(self.base, candidate), *_utility(base_out, cand_out, thresholds)]
+        if self.data.forget_classes:
+            criteria.append(_share_bound("class_forget_accuracy", cand_out.forget_acc,
+                                         len(rows.forget_y), thresholds.class_forget_max, "max",
+                                         "forgotten-class accuracy", thresholds.z))
+        else:
+            criteria += _random_forgetting(cand_out, rows, thresholds, self.seed, figures)
+        passed = exact or all(c.passed for c in criteria)
+        return GateVerdict(passed, criteria, figures, exact, thresholds.model_dump())
+
+
 def judge(base: nn.Module, candidate: nn.Module, data: UnlearningData,
           thresholds: GateThresholds, device: torch.device, *, seed: int = 0,
           exact: bool = False) -> GateVerdict:
-    """Measure ``candidate`` against ``base`` on ``data``'s forget request."""
-    rows = gate_rows(data, thresholds.sample_rows, seed)
-    base_out = _Outputs.of(base, rows, device)
-    cand_out = _Outputs.of(candidate, rows, device)
-    figures: dict[str, float | None] = {
-        "base_test_accuracy": base_out.test_acc, "test_accuracy": cand_out.test_acc,
-        "base_retain_accuracy": base_out.retain_acc, "retain_accuracy": cand_out.retain_acc,
-        "base_forget_accuracy": base_out.forget_acc, "forget_accuracy": cand_out.forget_acc,
-        "rows": {"test": len(rows.test_y), "retain": len(rows.retain_y),
-                 "forget": len(rows.forget_y)},
-    }
-    if not cand_out.finite:
-        criteria = [Criterion("finite", 0, 1, "min", False,
-                              "the candidate outputs NaN or infinity")]
-        return GateVerdict(False, criteria, figures, exact, thresholds.model_dump())
-    criteria = [_changed(base, candidate), *_utility(base_out, cand_out, thresholds)]
-    if data.forget_classes:
-        criteria.append(_share_bound("class_forget_accuracy", cand_out.forget_acc,
-                                     len(rows.forget_y), thresholds.class_forget_max, "max",
-                                     "forgotten-class accuracy", thresholds.z))
-    else:
-        criteria += _random_forgetting(cand_out, rows, thresholds, seed, figures)
-    passed = exact or all(c.passed for c in criteria)
-    return GateVerdict(passed, criteria, figures, exact, thresholds.model_dump())
+    """Measure ``candidate`` against ``base`` on ``data``'s forget request (one-off; a
+    :class:`Gate` judges several candidates of one request for the price of one base pass)."""
+    return Gate(base, data, thresholds, device, seed).judge(candidate, exact=exact)
 
 
 def _changed(base: nn.Module, candidate: nn.Module) -> Criterion:
