@@ -1,8 +1,10 @@
-"""The core unlearning methods: each mechanism checked directly, then the outcome on digits."""
+"""The core unlearning methods: each mechanism checked directly, then the outcome on digits at
+every method's defaults, judged by the acceptance gate the job runner applies."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -23,25 +25,36 @@ from methods_fixtures import (
 from torch import nn
 
 from worker.engine.architectures import Classifier
+from worker.engine.gate import GateThresholds, judge
 from worker.engine.methods import METHODS, JobCancelled
+from worker.engine.methods._monitor import (
+    GATE,
+    Monitor,
+    Weights,
+    class_target,
+    descend,
+    gate_window,
+    repair,
+    retrained_forget_level,
+)
 from worker.engine.methods.deepclean import fisher_diagonal, fisher_ratio
-from worker.engine.methods.feature_constraint import feature_distance
+from worker.engine.methods.feature_constraint import UncertaintyBalance, feature_distance
 from worker.engine.methods.projected_gradient import (
     RETAIN_ACCURACY_KEY,
     core_gradient_bases,
+    gamma_ladder,
     project_out,
     projected_layers,
     representation_matrices,
-    retrained_forget_level,
     unlearning_loss,
 )
-from worker.engine.training import train
+from worker.engine.training import seeded_generator, train
 
 CORE_METHODS = sorted(DIGITS_PARAMS)
 # A couple of epochs: enough to exercise a method's machinery.
 QUICK_PARAMS = {
     "projected-gradient": {"max_epochs": 2},
-    "deepclean": {"finetune_epochs": 1},
+    "deepclean": {"finetune_epochs": 1, "max_resets": 1},
     "feature-constraint": {"epochs": 2},
 }
 
@@ -162,17 +175,20 @@ def test_first_request_estimates_matrices_from_a_sample(digits, model):
         assert (sampled[name] - exact[name]).norm() < 0.15 * exact[name].norm(), name
 
 
-def test_random_forgetting_never_chases_a_falling_test_accuracy(digits, model):
-    # A reckless step damages the whole model; forget accuracy then falls to the *current*
-    # test accuracy only once both are near chance. The stop rule holds the starting level
-    # and undoes an epoch that costs more test accuracy than max_retain_drop.
+def test_an_epoch_that_costs_utility_is_undone_and_the_step_halved(digits, model):
+    # A reckless fixed step (the paper's schedule at 200 times its rate, γ 0.5) damages the
+    # whole model; the monitor undoes each such epoch and halves the step until one keeps
+    # held-out and retain accuracy within the gate's budget.
     task = make_task(model, digits, random_rows(digits))
-    outcome = run_method("projected-gradient", task, gamma=0.5, lr_start=10.0, lr_end=10.0,
-                         max_epochs=20, max_retain_drop=5.0)
-    start_test = outcome.metrics["history"][0]["test_acc"]
-    final = measure(outcome.model, task)
-    assert final.test >= start_test - 5.0
-    assert outcome.metrics["stop_reason"] in {"forgotten", "retain-drop"}
+    before = measure(model, task)
+    outcome = run_method("projected-gradient", task, gamma=0.5, gamma_floor=0.5,
+                         lr_start=10.0, lr_end=10.0)
+    metrics, final = outcome.metrics, measure(outcome.model, task)
+    assert metrics["epochs_undone"] >= 1 and metrics["stop_reason"] == "forgotten"
+    undone = [entry for entry in metrics["history"] if entry.get("undone")]
+    assert [entry["lr"] for entry in undone] == [10.0 / 2**k for k in range(len(undone))]
+    assert final.test >= before.test - GATE.max_utility_drop
+    assert final.retain >= before.retain - 2 * GATE.max_utility_drop
 
 
 def test_retrained_forget_level_follows_difficulty_and_learning_curve():
@@ -191,23 +207,25 @@ def test_retrained_forget_level_follows_difficulty_and_learning_curve():
 
 def test_random_forgetting_bisects_the_last_epoch_onto_the_level(digits, model):
     task = make_task(model, digits, random_rows(digits))
-    # A reckless step: one epoch takes forget accuracy from 99% to about 17%, far past the
-    # level; keeping either end of that epoch misses it by points.
-    coarse, fine = (run_method("projected-gradient", task, gamma=0.5, lr_start=10.0,
-                               lr_end=10.0, bisect_steps=steps) for steps in (0, 6))
+    # Large steps: the epoch that crosses the level overshoots it by points; keeping either end
+    # of that epoch misses the level by as much.
+    settings = {"gamma": 0.8, "step_share": 0.5}
+    coarse, fine = (run_method("projected-gradient", task, **settings, bisect_steps=steps)
+                    for steps in (0, 6))
     level = fine.metrics["stop_level"]
     assert coarse.metrics["stop_level"] == level and fine.metrics["stop_reason"] == "forgotten"
-    epoch_ends = [entry["forget_acc"] for entry in fine.metrics["history"]
-                  if float(entry["epoch"]).is_integer()][-2:]
-    assert epoch_ends[-1] < level - 20 and epoch_ends[-2] > level  # the crossing epoch
+    epoch_ends = [entry["forget"] for entry in fine.metrics["history"]
+                  if float(entry["step"]).is_integer() and not entry.get("undone")][-2:]
+    assert epoch_ends[-1] < level - 2 and epoch_ends[-2] > level  # the crossing epoch
     # Measured on D_f directly, not on the method's own record.
     after = {name: measure(outcome.model, task)
              for name, outcome in (("coarse", coarse), ("fine", fine))}
     assert abs(after["fine"].forget - level) < abs(after["coarse"].forget - level)
     assert abs(after["fine"].forget - level) <= 1.5
-    assert after["fine"].test >= fine.metrics["history"][0]["test_acc"] - 2.0
-    assert 0 < fine.metrics["kept_epoch"] < 1 == fine.metrics["epochs_run"]
-    assert fine.metrics["kept_epoch"] == fine.metrics["history"][-1]["epoch"]
+    assert after["fine"].test >= fine.metrics["history"][0]["held_out"] - 2.0
+    kept = fine.metrics["kept_epoch"]
+    assert not float(kept).is_integer()
+    assert math.isclose(kept, fine.metrics["history"][-1]["step"], abs_tol=1e-4)
 
 
 def test_retain_accuracy_is_cached_for_chained_requests(digits, model):
@@ -247,11 +265,13 @@ def test_projected_gradient_changes_only_layer_weights(digits, model):
 
 def test_whole_classes_and_scattered_samples_protect_their_own_share(digits, model):
     # A class's inputs have directions of their own: whole-class requests use class_gamma,
-    # scattered samples gamma; a smaller share protects fewer directions.
+    # scattered samples gamma; a smaller share protects fewer directions. (gamma_floor above
+    # both: one attempt, at the γ asked for.)
     class_task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
     scattered_task = make_task(model, digits, random_rows(digits))
     runs = {(kind, share): run_method("projected-gradient", task, gamma=share,
-                                      class_gamma=1.5 - share, max_epochs=1).metrics
+                                      class_gamma=1.5 - share, gamma_floor=0.99,
+                                      max_epochs=1).metrics
             for kind, task in (("class", class_task), ("scattered", scattered_task))
             for share in (0.6, 0.9)}
     assert runs["class", 0.6]["gamma"] == 0.9 and runs["scattered", 0.6]["gamma"] == 0.6
@@ -260,6 +280,104 @@ def test_whole_classes_and_scattered_samples_protect_their_own_share(digits, mod
         fewer = runs[kind, protected_less]["kept_dimensions"]
         more = runs[kind, protected_more]["kept_dimensions"]
         assert all(fewer[name][0] < more[name][0] for name in fewer), kind
+
+
+def test_gamma_is_lowered_step_by_step_when_the_target_is_out_of_reach(digits, model):
+    assert gamma_ladder(0.95, 0.8, 0.05) == [0.95, 0.9, 0.85, 0.8]
+    assert gamma_ladder(0.9, 0.9, 0.05) == [0.9]
+    # One tiny epoch cannot forget a class: the next γ of the ladder is tried, from the base
+    # weights, until one does no better; the attempt that came closest is kept.
+    task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    outcome = run_method("projected-gradient", task, class_gamma=0.9, gamma_floor=0.8,
+                         max_epochs=1, step_share=1e-3, free_class_rows=False)
+    attempts = outcome.metrics["gamma_attempts"]
+    assert len(attempts) >= 2
+    assert [attempt["gamma"] for attempt in attempts] == [0.9, 0.85, 0.8][:len(attempts)]
+    assert all(attempt["stop_reason"] == "max-rounds" for attempt in attempts)
+    closest = min(attempts, key=lambda attempt: attempt["forget_acc"])
+    assert outcome.metrics["gamma"] == closest["gamma"]
+
+
+def test_forgotten_classes_rows_of_the_classifier_step_unprojected(digits, model):
+    task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    free = run_method("projected-gradient", task, max_epochs=1, gamma_floor=0.99)
+    paper = run_method("projected-gradient", task, max_epochs=1, gamma_floor=0.99,
+                       free_class_rows=False)
+    # Only the forgotten class's row may leave the protected space: the other rows' changes
+    # stay orthogonal to the retained data's core space either way.
+    for outcome in (free, paper):
+        change = outcome.model.classifier.weight - model.classifier.weight
+        assert change.abs().sum() > 0
+    free_change = (free.model.classifier.weight - model.classifier.weight).detach()
+    paper_change = (paper.model.classifier.weight - model.classifier.weight).detach()
+    assert free_change[FORGOTTEN_CLASS].norm() > 2 * paper_change[FORGOTTEN_CLASS].norm()
+    assert measure(free.model, task).forget < measure(paper.model, task).forget
+
+
+# --- the shared monitor ----------------------------------------------------------------------
+
+def test_targets_come_from_the_gate():
+    limit = GATE.class_forget_max
+    assert class_target(145, 145) == 0.8 * limit  # the whole class measured: no noise
+    assert class_target(500, 5000) < 0.8 * limit  # a sample of it: room for its noise
+    assert class_target(5, 5000) == 0.0
+    low, high = gate_window(90.0)
+    width = GATE.forget_margin_below + GATE.forget_margin_above
+    assert math.isclose(high - low, width / 2)  # the middle half of the gate's window
+    assert 90.0 - GATE.forget_margin_below < low < high < 90.0 + GATE.forget_margin_above
+
+
+def counting_step(model: nn.Module, deltas: list[float]):
+    """A 'method' whose round r adds deltas[r - 1] (times the step) to the first weight."""
+    weight = next(model.parameters())
+
+    def step(number: int, lr: float) -> None:
+        with torch.no_grad():
+            weight.add_(deltas[min(number, len(deltas)) - 1] * lr)
+    return step
+
+
+def test_descend_undoes_a_round_that_costs_utility_and_halves_the_step(digits, model):
+    net = copy.deepcopy(model)
+    task = make_task(net, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    monitor = Monitor(task, samples=500, generator=seeded_generator(0), read_retain=True)
+    monitor.begin(net)
+    weights = Weights(net.parameters())
+    first_layer = next(net.parameters())
+    # Noise on the first layer: ruinous at the first step, harmless a few halvings later.
+    noise = torch.randn(first_layer.shape, generator=seeded_generator(1))
+
+    def step(_number: int, lr: float) -> None:
+        with torch.no_grad():
+            first_layer.add_(noise * lr)
+
+    run = descend(monitor, net, weights, step, lr=1.0, max_rounds=6)
+    undone = [entry for entry in run.history if entry.get("undone")]
+    assert undone[0]["lr"] == 1.0 and undone[0]["held_out"] < monitor.start.held_out - 10
+    assert [entry["lr"] for entry in undone] == [1.0 / 2**k for k in range(len(undone))]
+    assert run.kept >= 1  # a smaller step was kept
+    assert monitor.utility_kept(monitor.score(net, run.kept))  # never left past the budget
+
+
+def test_repair_undoes_a_round_that_brings_the_forget_set_back(digits, model):
+    net = copy.deepcopy(model)
+    rows = class_rows(digits)
+    task = make_task(net, digits, rows, forget_classes=[FORGOTTEN_CLASS])
+    monitor = Monitor(task, samples=500, generator=seeded_generator(0), read_retain=True)
+    with torch.no_grad():  # the class forgotten by hand: its logit pushed far down
+        net.classifier.bias[FORGOTTEN_CLASS] -= 100.0
+    monitor.begin(net)
+    weights = Weights(net.parameters())
+    before = weights.save()
+
+    def relearn(_number: int, _lr: float) -> None:  # a 'repair' that brings the class back
+        with torch.no_grad():
+            net.classifier.bias[FORGOTTEN_CLASS] += 200.0
+
+    monitor.start.held_out += 10  # pretend utility was lost, so the repair runs
+    run = repair(monitor, net, weights, relearn, lr=0.1, max_rounds=3)
+    assert run.stop_reason == "forget-set-returns" and run.undone == 1 and run.kept == 0
+    assert all(torch.equal(a, b) for a, b in zip(weights.save(), before, strict=True))
 
 # --- deepclean -------------------------------------------------------------------------------
 
@@ -318,7 +436,8 @@ def test_deepclean_scope_all_also_ranks_biases(digits, model):
 def test_deepclean_finetunes_only_reset_weights(digits, model):
     task = make_task(model, digits, class_rows(digits))
     reset_only = run_method("deepclean", task, finetune_epochs=0).model
-    finetuned = run_method("deepclean", task, finetune_epochs=2).model
+    # One attempt, so both reset the same weights.
+    finetuned = run_method("deepclean", task, finetune_epochs=2, max_resets=1).model
     for (name, original), reset, tuned in zip(model.named_parameters(), reset_only.parameters(),
                                               finetuned.parameters(), strict=True):
         selected = (reset == 0) & (original != 0)
@@ -329,10 +448,24 @@ def test_deepclean_finetunes_only_reset_weights(digits, model):
     assert moved > 0
 
 
+def test_deepclean_resets_more_weights_while_scattered_samples_stay_known(digits, model):
+    task = make_task(model, digits, random_rows(digits))
+    outcome = run_method("deepclean", task)
+    fractions = [attempt["reset_fraction"] for attempt in outcome.metrics["attempt_history"]]
+    # Each further attempt starts from the base weights and resets twice the share.
+    assert all(math.isclose(b / a, 2, rel_tol=0.05) for a, b in itertools.pairwise(fractions))
+    kept = outcome.metrics["attempt_history"][outcome.metrics["kept_attempt"]]
+    assert outcome.metrics["reset_fraction"] == kept["reset_fraction"]
+    reset = sum(int(((p == 0) & (q != 0)).sum())
+                for p, q in zip(outcome.model.parameters(), model.parameters(), strict=True))
+    assert reset <= outcome.metrics["weights_reset"]  # fine-tuning moved some off zero
+
+
 def test_deepclean_finetune_scope_all_trains_every_weight(digits, model):
     task = make_task(model, digits, class_rows(digits))
     reset_only = run_method("deepclean", task, finetune_epochs=0).model
-    finetuned = run_method("deepclean", task, finetune_epochs=1, finetune_scope="all").model
+    finetuned = run_method("deepclean", task, finetune_epochs=1, finetune_scope="all",
+                           max_resets=1).model
     kept = [(reset != 0) for reset in reset_only.parameters()]
     moved = sum(int((tuned[mask] != reset[mask]).sum()) for reset, tuned, mask
                 in zip(reset_only.parameters(), finetuned.parameters(), kept, strict=True))
@@ -352,46 +485,50 @@ def teacher_distance(net: nn.Module, x: torch.Tensor, seed: int = 0) -> float:
 def test_feature_constraint_pulls_forget_features_to_teacher(digits, model, balance):
     task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
     method = METHODS.get("feature-constraint")()
-    # Adam at 1e-3 keeps forgetting slow enough on digits for every epoch to run; no repair,
-    # so the features are the forget task's own.
+    # A class target of 0 keeps every epoch running; no repair, so the features are the forget
+    # task's own.
     outcome = method.run(task, method.Params(balance=balance, epochs=8, class_target_acc=0.0,
-                                             optimizer="adam", lr=1e-3, repair_epochs=0))
+                                             repair_epochs=0))
     forget_x = task.data.x_train[task.data.forget_idx]
     assert teacher_distance(outcome.model, forget_x) < 0.7 * teacher_distance(model, forget_x)
-    history = outcome.metrics["history"]
-    assert len(history) == 8
-    forget_weights = [epoch["forget_weight"] for epoch in history]
-    recover_weights = [epoch["recover_weight"] for epoch in history]
-    assert len(set(forget_weights)) > 1 and len(set(recover_weights)) > 1
+    history = [entry for entry in outcome.metrics["history"] if not entry.get("undone")]
+    assert outcome.metrics["epochs_run"] == 8 and len(history) >= 4
+    assert all("forget_loss" in entry and "recover_weight" in entry for entry in history)
     final = outcome.metrics["balance_weights"]
-    assert final["forget"] != final["recover"]
+    if balance == "dwa":  # weights from the losses' rates of change
+        assert len({entry["forget_weight"] for entry in history}) > 1
+        assert final["forget"] != final["recover"]
+    else:  # learned, and capped at 1
+        assert all(0 < weight <= 1.0 for weight in final.values())
 
 
-def test_feature_constraint_repair_wins_back_retain_accuracy(digits, model):
+def test_uncertainty_weights_never_exceed_one():
+    # Kendall et al.'s optimum weight is 1/L: a near-zero recover loss would multiply the step
+    # a hundredfold. Lethe keeps the log-variances at or above 0.
+    balance = UncertaintyBalance()
+    optimizer = torch.optim.SGD(balance.parameters(), lr=0.5)
+    for _ in range(200):
+        optimizer.zero_grad()
+        balance.combine(torch.tensor([4.0, 0.01])).backward()
+        optimizer.step()
+        balance.after_step()
+    forget_weight, recover_weight = balance.weights()
+    assert math.isclose(forget_weight, 0.25, rel_tol=0.05)  # a large loss is weighed down
+    assert recover_weight == 1.0  # a small one is not weighed up
+
+
+def test_feature_constraint_repairs_what_the_forget_task_cost(digits, model):
     task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
-    # A learning rate high enough for the forget task to cost retain accuracy.
-    harsh = {"lr": 0.01, "recover_fraction": 0.1}
-    damaged = run_method("feature-constraint", task, **harsh)
-    repaired = run_method("feature-constraint", task, **harsh, repair_epochs=3)
-    assert repaired.metrics["repair_epochs_run"] == 3
-    assert [e.get("phase") for e in repaired.metrics["history"]][-3:] == ["repair"] * 3
-    before, after = measure(damaged.model, task), measure(repaired.model, task)
-    assert after.retain > before.retain + 5.0
-    assert after.forget <= 2.0  # repairing on D_r does not bring the class back
-
-
-def test_feature_constraint_undoes_a_repair_that_leaves_the_class_known(digits, model):
-    # Half the class stays in D_r, so cross-entropy on D_r keeps the other half recognised.
-    rows = class_rows(digits)
-    task = make_task(model, digits, rows[: len(rows) // 2], forget_classes=[FORGOTTEN_CLASS])
-    settings = {"lr": 0.01, "recover_fraction": 0.5}
-    without = run_method("feature-constraint", task, **settings, repair_epochs=0)
-    guarded = run_method("feature-constraint", task, **settings, repair_epochs=4)
-    last = guarded.metrics["history"][-1]
-    assert last["phase"] == "repair" and last["undone"] and last["repair_epoch"] == 1
-    assert last["forget_acc"] > 1.0  # above the class target
-    assert guarded.metrics["repair_epochs_run"] == 0
-    assert weights_equal(guarded.model, without.model)
+    outcome = run_method("feature-constraint", task)
+    metrics = outcome.metrics
+    start = metrics["start"]
+    repaired = [entry for entry in metrics["history"] if entry.get("phase") == "repair"]
+    drop = max(start["held_out"] - entry["held_out"] for entry in
+               [e for e in metrics["history"] if not e.get("undone")][-1:])
+    # Either the forget task left under half the budget lost, or the repair ran until it did.
+    assert drop <= GATE.max_utility_drop / 2 or repaired
+    after = measure(outcome.model, task)
+    assert after.forget <= metrics["class_target"]
 
 
 # --- every core method ----------------------------------------------------------------------
@@ -422,26 +559,64 @@ def test_batchnorm_statistics_stay_frozen(digits, conv_net, name):
             assert torch.equal(before, after), key
 
 
+def gate_verdict(base: nn.Module, outcome, task):
+    verdict = judge(base, outcome.model, task.data, GateThresholds(), CPU)
+    assert verdict.passed, verdict.describe_failures()
+    return verdict
+
+
 @pytest.mark.parametrize("name", CORE_METHODS)
-def test_forgets_a_class_and_keeps_the_rest(digits, model, name):
+def test_forgets_a_class_at_defaults_and_passes_the_gate(digits, model, name):
     task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
     base = copy.deepcopy(model)
     before = measure(model, task)
     outcome = run_method(name, task)
+    gate_verdict(model, outcome, task)
     after = measure(outcome.model, task)
-    assert after.forget <= 2.0
-    assert after.retain >= before.retain - 3.0
-    assert after.test >= before.test - 3.0
+    assert after.forget <= GATE.class_forget_max
+    assert after.retain >= before.retain - GATE.max_utility_drop
+    assert after.test >= before.test - GATE.max_utility_drop
     assert weights_equal(model, base)  # the base version is left untouched
 
 
 @pytest.mark.parametrize("name", CORE_METHODS)
-def test_random_forgetting_ends_near_test_accuracy(digits, model, name):
+def test_forgets_scattered_samples_at_defaults_and_passes_the_gate(digits, model, name):
     task = make_task(model, digits, random_rows(digits))
     before = measure(model, task)
-    after = measure(run_method(name, task).model, task)
-    assert abs(after.forget - after.test) <= 3.5
-    assert after.retain >= before.retain - 3.0
+    outcome = run_method(name, task)
+    verdict = gate_verdict(model, outcome, task)
+    after = measure(outcome.model, task)
+    assert after.forget - after.test <= GATE.forget_margin_above + 1.5  # within noise
+    assert after.forget >= after.test - GATE.forget_margin_below
+    assert after.retain >= before.retain - GATE.max_utility_drop
+    assert verdict.figures["mia_forget_nonmember"] is not None
+
+
+@pytest.fixture(scope="module")
+def first_class_forgotten(digits, model):
+    """Per core method: the version that forgot FORGOTTEN_CLASS (with its state), its rows."""
+    rows = class_rows(digits)
+    task = make_task(model, digits, rows, forget_classes=[FORGOTTEN_CLASS])
+    return {name: (run_method(name, task), rows) for name in CORE_METHODS}
+
+
+@pytest.mark.parametrize("name", CORE_METHODS)
+def test_forgets_a_second_class_on_a_chained_request(digits, first_class_forgotten, name):
+    first, gone = first_class_forgotten[name]
+    second_class = 7
+    task = make_task(first.model, digits, class_rows(digits, second_class),
+                     forget_classes=[second_class], gone_idx=gone, state=first.state)
+    before = measure(first.model, task)
+    outcome = run_method(name, task)
+    gate_verdict(first.model, outcome, task)
+    after = measure(outcome.model, task)
+    assert after.forget <= GATE.class_forget_max
+    assert after.retain >= before.retain - GATE.max_utility_drop
+    # The first class stays forgotten.
+    first_rows = task.data.x_train[gone], task.data.y_train[gone]
+    assert (outcome.model(first_rows[0]).argmax(1) == first_rows[1]).float().mean() <= 0.05
+    if name == "projected-gradient":
+        assert outcome.metrics["state_source"] == "cached"
 
 
 @pytest.mark.parametrize("name", CORE_METHODS)

@@ -1,5 +1,24 @@
 """DeepClean: reset the weights whose Fisher information is far larger on D_f than on D_r, then
-fine-tune only those weights on D_r; every other weight stays bit-identical."""
+fine-tune only those weights on D_r; every other weight stays bit-identical.
+
+The Fisher diagonals, the ratio F_f / (F_r + ε), the reset to zero and the fine-tuning of the
+reset weights alone follow the paper (methods.md); a D_r sample estimates F_r, and ε is set
+per parameter tensor (see fisher_ratio).
+
+Lethe's additions (the monitor and its loops are shared, in ``_monitor.py``):
+
+- fine-tuning runs pass by pass (each over a fresh half of D_r) until the held-out and retain
+  accuracy lost (on small samples) are back under half the acceptance gate's budget, at least
+  one pass and at most finetune_epochs; a pass that costs accuracy is undone and the step
+  halved, one that brings a class back is undone and ends it, and when scattered samples
+  come back with the retained data's accuracy it returns to its last acceptable point;
+- when the reset and fine-tuning leave the forget set known (a class above the gate's limit,
+  scattered samples above the gate's window around held-out accuracy: a top 1% of weights
+  often holds little that is specific to scattered samples), the method starts again from the
+  base weights with twice the share of weights reset, up to ``max_resets`` times, and keeps
+  the attempt closest to what the gate asks (an attempt no closer than the one before ends
+  the search: there D_f's memory is spread too thin for a reset to reach).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +40,6 @@ from worker.engine.methods._base import (
     register_method,
 )
 from worker.engine.methods._common import (
-    ForgetMonitor,
     evaluating,
     freeze_norm_statistics,
     only_these_trainable,
@@ -29,6 +47,7 @@ from worker.engine.methods._common import (
     random_rows,
     working_copy,
 )
+from worker.engine.methods._monitor import Monitor, Run, Score, Weights, repair
 from worker.engine.training import iterate_batches, seeded_generator
 
 
@@ -64,12 +83,23 @@ class Params(MethodParams):
         10.0, gt=0, description="Ratio above which 'threshold' resets a weight.")
     epsilon: float = Field(
         1.0, gt=0, le=1e6,
-        description="ε in F_f/(F_r+ε), in units of the mean retain Fisher over all weights. "
-                    "A tiny ε lets weights that neither set uses much (F_r≈0) crowd out the "
-                    "weights D_f actually relies on; a huge one ranks by F_f alone.",
+        description="ε in F_f/(F_r+ε), in units of the mean retain Fisher of the weight's own "
+                    "parameter tensor. A tiny ε lets weights that neither set uses much (F_r≈0) "
+                    "crowd out the weights D_f actually relies on; a huge one ranks by F_f "
+                    "alone.",
     )
     finetune_epochs: int = Field(
-        2, ge=0, le=100, description="Passes over D_r training the reset weights.")
+        8, ge=0, le=100,
+        description="At most this many passes over a finetune_fraction of D_r training the "
+                    "reset weights; they stop once retained accuracy is back within half the "
+                    "acceptance gate's budget (at least one pass; 0: reset only).")
+    finetune_fraction: float = Field(
+        0.5, gt=0, le=1, description="Share of D_r drawn afresh for each fine-tuning pass.")
+    max_resets: int = Field(
+        4, ge=1, le=20,
+        description="Attempts in all: after one that leaves D_f known, start again from the "
+                    "base weights resetting twice the share (top-fraction) or above half the "
+                    "ratio (threshold).")
     finetune_scope: Literal["reset", "all"] = Field(
         "reset",
         description="Weights fine-tuning trains: only the reset ones (the paper's; every other "
@@ -80,8 +110,8 @@ class Params(MethodParams):
     finetune_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of fine-tuning.")
     batch_size: int = Field(128, ge=1, le=8192, description="Fine-tuning batch size.")
     eval_samples: int = Field(
-        2000, ge=10, le=100_000,
-        description="Forget and test rows sampled for the accuracies reported in the metrics.",
+        500, ge=10, le=100_000,
+        description="Forget, retain and test rows sampled for the checks between passes.",
     )
 
 
@@ -129,31 +159,36 @@ def sample_predicted_labels(model: nn.Module, x: torch.Tensor, device: torch.dev
 
 def fisher_ratio(forget: dict[str, torch.Tensor], retain: dict[str, torch.Tensor],
                  relative_epsilon: float) -> dict[str, torch.Tensor]:
-    """F_f / (F_r + ε) with ε = relative_epsilon × the mean of F_r over every weight, so the
-    guard scales with the model's Fisher magnitudes."""
-    retain_total = sum(float(f.sum()) for f in retain.values())
-    retain_count = sum(f.numel() for f in retain.values())
-    epsilon = relative_epsilon * retain_total / max(1, retain_count)
-    return {name: forget[name] / (retain[name] + epsilon) for name in forget}
+    """F_f / (F_r + ε) with ε = relative_epsilon × the mean of F_r over the same parameter
+    tensor, so the guard scales with each layer's Fisher magnitudes. (One ε for the whole
+    model let the layers whose Fisher dwarfs the mean, a CNN's first convolutions, fill the
+    top ratios whatever D_f was: resetting them for scattered samples left a model at
+    chance.)"""
+    return {name: forget[name] / (retain[name] + relative_epsilon * retain[name].mean())
+            for name in forget}
 
 
-def select_weights(ratios: dict[str, torch.Tensor], params: Params) -> dict[str, torch.Tensor]:
+def select_weights(ratios: dict[str, torch.Tensor], params: Params,
+                   widening: int = 0) -> dict[str, torch.Tensor]:
     """Boolean masks of the weights to reset. A zero ratio (D_f never moves the weight) is
-    never selected, even when the requested fraction would reach it."""
+    never selected, even when the requested fraction would reach it. Each ``widening`` doubles
+    the top fraction (halves the ratio threshold)."""
     eligible = {name: ratio for name, ratio in ratios.items()
                 if params.reset_scope == "all" or ratio.dim() > 1}
     masks = {name: torch.zeros_like(ratio, dtype=torch.bool) for name, ratio in ratios.items()}
-    return masks | _select(eligible, params)
+    return masks | _select(eligible, params, 2**widening)
 
 
-def _select(ratios: dict[str, torch.Tensor], params: Params) -> dict[str, torch.Tensor]:
+def _select(ratios: dict[str, torch.Tensor], params: Params,
+            widen: float) -> dict[str, torch.Tensor]:
     if not ratios:
         return {}
     flat = torch.cat([r.flatten() for r in ratios.values()])
     if params.selection == "threshold":
-        cutoff_mask = flat > params.ratio_threshold
+        cutoff_mask = flat > params.ratio_threshold / widen
     else:
-        count = min(math.ceil(params.top_fraction * flat.numel()), int((flat > 0).sum()))
+        fraction = min(1.0, params.top_fraction * widen)
+        count = min(math.ceil(fraction * flat.numel()), int((flat > 0).sum()))
         cutoff_mask = torch.zeros_like(flat, dtype=torch.bool)
         cutoff_mask[flat.topk(count).indices] = True
     masks, start = {}, 0
@@ -181,25 +216,44 @@ class DeepClean(UnlearningMethod):
     def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
         generator = seeded_generator(params.seed)
-        monitor = ForgetMonitor.from_task(task, params.eval_samples, generator)
+        monitor = Monitor(task, samples=params.eval_samples, generator=generator,
+                          read_retain=True)
+        monitor.begin(model)
         ratios = self._fisher_ratios(model, task, params, generator)
-        masks = select_weights(ratios, params)
-        reset_weights(model, masks)
-        after_reset = monitor.score(model, 0)
-        finetune_masked(model, masks, task, params, generator,
-                        progress_span(task.progress, 0.5, 1.0))
-        after_finetune = monitor.score(model, params.finetune_epochs)
+        weights = Weights(model.parameters())
+        base = weights.save()
+        attempts: list[dict] = []
+        best: tuple[float, int, list[torch.Tensor]] | None = None
+        span = 0.5 / params.max_resets
+        for attempt in range(params.max_resets):
+            if attempt:
+                weights.load(base)
+            masks = select_weights(ratios, params, widening=attempt)
+            reset_weights(model, masks)
+            after_reset = monitor.score(model, 0)
+            tuned = finetune_masked(model, masks, task, params, generator, monitor,
+                                    progress_span(task.progress, 0.5 + attempt * span,
+                                                  0.5 + (attempt + 1) * span))
+            after_finetune = monitor.score(model, tuned.rounds)
+            attempts.append(_attempt_record(masks, after_reset, after_finetune, tuned))
+            shortfall = _shortfall(monitor, after_finetune)
+            if best is not None and shortfall >= best[0]:
+                break  # a wider reset did no better: D_f is not held in a few weights
+            best = (shortfall, attempt, weights.save())
+            if shortfall == 0 or params.finetune_epochs == 0:
+                break
+        _, kept, saved = best
+        weights.load(saved)
         task.progress(1.0)
-        reset = {name: int(mask.sum()) for name, mask in masks.items()}
-        total = sum(mask.numel() for mask in masks.values())
-        metrics = {
-            "weights_reset": sum(reset.values()),
-            "weights_total": total,
-            "reset_fraction": sum(reset.values()) / total,
-            "reset_per_parameter": {name: count for name, count in reset.items() if count},
-            "after_reset": after_reset.as_dict(),
-            "after_finetune": after_finetune.as_dict(),
-        }
+        last = attempts[kept]
+        metrics = {key: last[key] for key in ("weights_reset", "weights_total", "reset_fraction",
+                                              "reset_per_parameter", "after_reset",
+                                              "after_finetune", "finetune_stop_reason")}
+        metrics |= {"attempts": len(attempts), "kept_attempt": kept,
+                    "attempt_history": [{k: a[k] for k in ("reset_fraction", "after_reset",
+                                                           "after_finetune")}
+                                        for a in attempts],
+                    "finetune_history": last["history"]}
         return UnlearningOutcome(model=model.eval(), metrics=metrics)
 
     def _fisher_ratios(self, model: nn.Module, task: UnlearningTask, params: Params,
@@ -226,31 +280,73 @@ def reset_weights(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         parameter.masked_fill_(masks[name], 0.0)
 
 
+def _shortfall(monitor: Monitor, score: Score) -> float:
+    """Points by which ``score`` misses what the gate will ask (0: nothing missed)."""
+    miss = max(0.0, monitor.utility_drop(score) - monitor.budget)
+    if monitor.class_forgetting:
+        return miss + max(0.0, score.forget - monitor.class_target)
+    low, high = monitor.gate_bounds(score)
+    return miss + max(0.0, score.forget - high) + max(0.0, low - score.forget)
+
+
+def _attempt_record(masks: dict[str, torch.Tensor], after_reset: Score,
+                    after_finetune: Score, tuned: Run) -> dict:
+    reset = {name: int(mask.sum()) for name, mask in masks.items()}
+    total = sum(mask.numel() for mask in masks.values())
+    return {
+        "weights_reset": sum(reset.values()),
+        "weights_total": total,
+        "reset_fraction": sum(reset.values()) / total,
+        "reset_per_parameter": {name: count for name, count in reset.items() if count},
+        "after_reset": after_reset.as_dict(),
+        "after_finetune": after_finetune.as_dict(),
+        "finetune_stop_reason": tuned.stop_reason,
+        "history": tuned.history,
+    }
+
+
 def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
-                    params: Params, generator: torch.Generator, progress: ProgressFn) -> None:
+                    params: Params, generator: torch.Generator, monitor: Monitor,
+                    progress: ProgressFn) -> Run:
     """Cross-entropy on D_r updating only the masked entries (every entry for finetune_scope
-    'all'). Gradients outside the mask are zeroed and there is no weight decay, so SGD's
-    momentum buffers stay zero there and those weights do not change by a single bit."""
+    'all'), pass by pass until the monitor finds retained accuracy recovered. Gradients outside
+    the mask are zeroed and there is no weight decay, so SGD's momentum buffers stay zero there
+    and those weights do not change by a single bit."""
     named = dict(model.named_parameters())
     if params.finetune_scope == "all":
         masks = {name: torch.ones_like(mask) for name, mask in masks.items()}
     trainable = {name: named[name] for name, mask in masks.items() if mask.any()}
     if not trainable or params.finetune_epochs == 0:
-        return
-    optimizer = torch.optim.SGD(trainable.values(), lr=params.finetune_lr,
-                                momentum=params.finetune_momentum, weight_decay=0.0)
-    retain = task.data.retain()
-    x, y = retain.tensors
+        return Run("no-finetuning", params.finetune_lr)
+
+    def new_optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD(trainable.values(), lr=params.finetune_lr,
+                               momentum=params.finetune_momentum, weight_decay=0.0)
+
+    optimizer = new_optimizer()
+    data = task.data
+    take = max(1, math.ceil(params.finetune_fraction * len(data.retain_idx)))
+
+    def finetune_pass(_number: int, lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows = data.retain_idx[random_rows(len(data.retain_idx), take, generator)]
+        model.train()
+        freeze_norm_statistics(model)
+        for xb, yb in iterate_batches(data.x_train[rows], data.y_train[rows], params.batch_size,
+                                      shuffle=True, generator=generator):
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(xb.to(task.device))
+            nn.functional.cross_entropy(logits, yb.to(task.device)).backward()
+            for name, parameter in trainable.items():
+                parameter.grad.mul_(masks[name])
+            optimizer.step()
+
+    def restart() -> None:
+        nonlocal optimizer
+        optimizer = new_optimizer()
+
     with only_these_trainable(model, list(trainable.values())):
-        for epoch in range(params.finetune_epochs):
-            model.train()
-            freeze_norm_statistics(model)
-            for xb, yb in iterate_batches(x, y, params.batch_size, shuffle=True,
-                                          generator=generator):
-                optimizer.zero_grad(set_to_none=True)
-                logits = model(xb.to(task.device))
-                nn.functional.cross_entropy(logits, yb.to(task.device)).backward()
-                for name, parameter in trainable.items():
-                    parameter.grad.mul_(masks[name])
-                optimizer.step()
-            progress((epoch + 1) / params.finetune_epochs)
+        return repair(monitor, model, Weights(trainable.values()), finetune_pass,
+                      lr=params.finetune_lr, max_rounds=params.finetune_epochs, min_rounds=1,
+                      on_undo=restart, progress=progress)

@@ -3,11 +3,31 @@ use, so retained behaviour is (nearly) untouched and the retain data is never re
 
 Per conv/linear layer the retained data's input space is summarised by R_l = Σ x xᵀ over the
 layer's inputs (conv: kernel-sized patches). Its leading eigenvectors span the Core Gradient
-Space; weight gradients are projected onto its orthogonal complement before each step.
+Space; weight gradients are projected onto its orthogonal complement before each step. After
+each request the reduced R_l is cached with the new version, so a chain of requests never
+reads D again. All of this, the loss and the plain SGD without momentum are the paper's.
 
-Random forgetting stops at the accuracy a model retrained without D_f would score on D_f,
-estimated from the base model alone (see ``retrained_forget_level``), and the last epoch is
-cut short by bisection so the stop lands on that level rather than an epoch past it.
+Lethe's additions (the stopping and step-size logic is shared, in ``_monitor.py``):
+
+- the step is sized to the model: the first epoch's learning rate moves the projected
+  weights by ``step_share`` of their norm (the paper's fixed 0.05 barely moved a small CNN;
+  the fixed 6 → 3 Lethe once tuned on that CNN forgot no class of a small MLP before its
+  guard stopped it); it then decays exponentially, as in the paper;
+- an epoch that costs more utility than the acceptance gate allows is undone and the step
+  halved; an epoch that barely moves forget accuracy doubles it; a descent that stalls keeps
+  its best epoch;
+- random forgetting stops where a model retrained without D_f is expected to score on it
+  (the test accuracy shifted by D_f's difficulty for the base model and along a learning
+  curve, kept inside the gate's window), bisecting the last epoch onto that level; a class
+  stops once under the gate's limit with room for noise;
+- when the descent at the paper's γ ends short of both its target and the gate's window, it
+  starts again from the base weights at a lower γ (``gamma_floor``, ``gamma_step``);
+- whole classes: the classifier rows of the forgotten classes step along the raw gradient
+  (``free_class_rows``): they only set those classes' own logits, which should fall;
+- utility is watched on held-out (test) rows, and on a D_r sample only when a first request
+  reads D for the matrices anyway; a chained request, from cached matrices, never reads D_r
+  (half the share of held-out rows it loses stands in for the retain accuracy it cannot see;
+  the base model's retain accuracy is cached with the matrices for the level).
 """
 
 from __future__ import annotations
@@ -27,16 +47,21 @@ from worker.engine.methods._base import (
     register_method,
 )
 from worker.engine.methods._common import (
-    EpochScore,
-    ForgetMonitor,
     accuracy,
     evaluating,
     freeze_norm_statistics,
     only_these_trainable,
     progress_span,
     random_rows,
-    retained_class_test_rows,
     working_copy,
+)
+from worker.engine.methods._monitor import (
+    Monitor,
+    Run,
+    Weights,
+    descend,
+    level_rows,
+    relative_lr,
 )
 from worker.engine.training import iterate_batches, seeded_generator
 
@@ -46,8 +71,8 @@ _ROW_ELEMENTS_PER_CHUNK = 2**24
 # Cached with the matrices: the base model's accuracy (percent) on its retained training rows,
 # so chained requests can place the stopping level without reading D_r. Not a module name.
 RETAIN_ACCURACY_KEY = "@retain_accuracy"
-# Rows of the test split (and of D_f) that place the stopping level: every row up to this.
-_LEVEL_ROWS = 10_000
+# lr_end / lr_start when the schedule is not given: the paper decays its rate exponentially.
+DEFAULT_DECAY = 0.5
 
 
 class Params(MethodParams):
@@ -66,14 +91,37 @@ class Params(MethodParams):
                     "at 0.9 the same steps also cost the retained classes' accuracy "
                     "(benchmarks/tuning/, sweep 7).",
     )
-    lr_start: float = Field(
-        6.0, gt=0, le=10,
-        description="SGD learning rate of the first epoch (the paper: 0.05, which barely moved "
-                    "a small CNN in 20 epochs: projected steps are short).",
+    gamma_floor: float = Field(
+        0.8, gt=0, lt=1,
+        description="When the descent at gamma (class_gamma) ends neither at its target nor "
+                    "inside the acceptance gate's window, it starts again from the base weights "
+                    "with gamma_step less, down to this, while each attempt gets closer. The "
+                    "paper's γ suits conv nets; MLPs on raw inputs often do better lower "
+                    "(benchmarks/tuning/self-calibration/).",
     )
-    lr_end: float = Field(
-        3.0, gt=0, le=10,
-        description="Learning rate reached after max_epochs (exponential decay).",
+    gamma_step: float = Field(
+        0.05, gt=0, lt=1, description="How much lower each further attempt's gamma is.")
+    free_class_rows: bool = Field(
+        True,
+        description="Class forgetting: step the classifier rows of the forgotten classes along "
+                    "the raw gradient, unprojected (false: project every row, as the paper).",
+    )
+    step_share: float = Field(
+        0.05, gt=0, le=1,
+        description="Size of the first epoch's steps when lr_start is not given: the learning "
+                    "rate at which one step along the projected forget-loss gradient moves the "
+                    "projected weights by this share of their norm. Halved after an epoch that "
+                    "costs too much held-out accuracy, doubled after one that barely forgets.",
+    )
+    lr_start: float | None = Field(
+        None, gt=0, le=100,
+        description="SGD learning rate of the first epoch (the paper: 0.05); None sizes it "
+                    "to the model with step_share.",
+    )
+    lr_end: float | None = Field(
+        None, gt=0, le=100,
+        description="Learning rate reached after max_epochs (exponential decay), with "
+                    "lr_start; None: half the first epoch's (the paper: 0.05 to 0.01).",
     )
     max_epochs: int = Field(
         30, ge=1, le=1000,
@@ -110,15 +158,10 @@ class Params(MethodParams):
                     "interval between its start and end weights this often and keep the blend "
                     "closest to the level (0: keep the closer of the two, as the paper does).",
     )
-    max_retain_drop: float = Field(
-        5.0, ge=0, le=100,
-        description="Stop, and undo the last epoch, once test accuracy (on the rows of retained "
-                    "classes after class forgetting) falls more than this many points below "
-                    "its starting value.",
-    )
-    class_target_acc: float = Field(
-        1.0, ge=0, le=100,
-        description="Class forgetting: stop once forget accuracy (percent) is at most this.",
+    class_target_acc: float | None = Field(
+        None, ge=0, le=100,
+        description="Class forgetting: stop once forget accuracy (percent) is at most this; "
+                    "None: half the acceptance gate's limit, less when the sample is small.",
     )
     eval_samples: int = Field(
         500, ge=10, le=100_000,
@@ -207,20 +250,44 @@ def representation_matrices(
     return {name: total.cpu() for name, total in totals.items()}
 
 
+Spectrum = tuple[torch.Tensor, torch.Tensor]  # singular values S (descending), eigenvectors
+
+
+def spectra(matrices: dict[str, torch.Tensor],
+            device: torch.device | None = None) -> dict[str, Spectrum]:
+    """Per layer, S = √eigenvalue of R in descending order and the matching eigenvectors."""
+    out = {}
+    for name, matrix in matrices.items():
+        eigenvalues, eigenvectors = torch.linalg.eigh(matrix.to(device))
+        # eigh sorts ascending; subtracting R^f can leave tiny negative round-off values.
+        out[name] = (eigenvalues.flip(0).clamp_min(0).sqrt(), eigenvectors.flip(1))
+    return out
+
+
+def bases_for(layer_spectra: dict[str, Spectrum], gamma: float) -> dict[str, torch.Tensor]:
+    """Per layer, the leading eigenvectors whose cumulative share of S stays ≤ gamma."""
+    bases = {}
+    for name, (singular, eigenvectors) in layer_spectra.items():
+        total = singular.sum()
+        kept = int((singular.cumsum(0) / total <= gamma).sum()) if total > 0 else 0
+        bases[name] = eigenvectors[:, :kept].float()
+    return bases
+
+
 def core_gradient_bases(
     matrices: dict[str, torch.Tensor], gamma: float, device: torch.device | None = None
 ) -> dict[str, torch.Tensor]:
     """Per layer, the orthonormal d×k basis U_k of the directions the data uses: the leading
     eigenvectors of R whose cumulative share of S = √eigenvalue stays ≤ gamma."""
-    bases = {}
-    for name, matrix in matrices.items():
-        eigenvalues, eigenvectors = torch.linalg.eigh(matrix.to(device))
-        # eigh sorts ascending; subtracting R^f can leave tiny negative round-off values.
-        singular = eigenvalues.flip(0).clamp_min(0).sqrt()
-        total = singular.sum()
-        kept = int((singular.cumsum(0) / total <= gamma).sum()) if total > 0 else 0
-        bases[name] = eigenvectors.flip(1)[:, :kept].float()
-    return bases
+    return bases_for(spectra(matrices, device), gamma)
+
+
+def gamma_ladder(first: float, floor: float, step: float) -> list[float]:
+    """γ values to try in turn: ``first``, then ``step`` lower each time, down to ``floor``."""
+    ladder = [first]
+    while ladder[-1] - step >= floor - 1e-9:
+        ladder.append(round(ladder[-1] - step, 6))
+    return ladder
 
 
 def project_out(gradient: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -259,39 +326,18 @@ class ProjectedGradient(UnlearningMethod):
         model = working_copy(task)
         layers = projected_layers(model)
         reduced, source, retain_acc = _retained_matrices(model, layers, task, params)
-        gamma = params.class_gamma if task.data.forget_classes else params.gamma
-        bases = core_gradient_bases(reduced, gamma, task.device)
-        descent = _Descent(model, layers, bases, task, params, retain_acc)
+        # A first request reads D for the matrices anyway, so it watches a D_r sample too;
+        # a chained one, from cached matrices, never reads D_r.
+        descent = _Descent(model, layers, spectra(reduced, task.device), task, params,
+                           retain_acc, read_retain=source != "cached")
         descent.run(progress_span(task.progress, 0.1 if source == "cached" else 0.4, 1.0))
         task.progress(1.0)
-        metrics = {
-            "state_source": source,
-            "gamma": gamma,
-            "kept_dimensions": {name: [basis.shape[1], basis.shape[0]]
-                                for name, basis in bases.items()},
-            **descent.summary(),
-        }
+        metrics = {"state_source": source, **descent.summary()}
         state = dict(reduced)
         if retain_acc is not None:
             # The projected steps barely move retained accuracy, so the next request reuses it.
             state[RETAIN_ACCURACY_KEY] = torch.tensor([retain_acc], dtype=torch.float64)
         return UnlearningOutcome(model=model.eval(), metrics=metrics, state=state)
-
-
-def retrained_forget_level(*, test_acc: float, forget_acc: float, retain_acc: float | None,
-                           retained: int, forgotten: int, exponent: float,
-                           difficulty_weight: float) -> float:
-    """Accuracy (percent) on D_f expected of a model retrained on D_r alone, from the base model.
-
-    D_f is unseen data to such a model, so start from the test accuracy, shifted by how much
-    harder (or easier) the base model finds D_f than D_r. A model trained on fewer rows errs
-    more: scale the error by (|D|/|D_r|)^exponent, a power-law learning curve.
-    """
-    level = test_acc
-    if retain_acc is not None:
-        level += difficulty_weight * (forget_acc - retain_acc)
-    error = min(max(100.0 - level, 0.0), 100.0)
-    return 100.0 - error * ((retained + forgotten) / retained) ** exponent
 
 
 def _retained_matrices(model: nn.Module, layers: dict[str, ProjectedLayer], task: UnlearningTask,
@@ -331,18 +377,13 @@ def _estimated_matrices(model: nn.Module, rows: torch.Tensor, task: UnlearningTa
 
 
 def _retain_accuracy(model: nn.Module, task: UnlearningTask, params: Params) -> float:
-    """The base model's accuracy (percent) on its retained rows, every one up to _LEVEL_ROWS:
+    """The base model's accuracy (percent) on its retained rows, every one up to LEVEL_ROWS:
     its error goes straight into the stopping level, and a 1,000-row sample's (about ±1.4
-    points) cost as much gap as the level's other terms put together."""
+    points) cost as much gap as the level's other terms put together. Read on a first request
+    only, which reads D for the matrices anyway."""
     rows = task.data.retain_idx
-    rows = rows[_level_rows(len(rows), seeded_generator(params.seed))]
+    rows = rows[level_rows(len(rows), seeded_generator(params.seed))]
     return accuracy(model, task.data.x_train[rows], task.data.y_train[rows], task.device)
-
-
-def _level_rows(count: int, generator: torch.Generator) -> torch.Tensor | slice:
-    """Which of ``count`` rows place the stopping level: all of them up to _LEVEL_ROWS, else
-    that many drawn at random."""
-    return slice(None) if count <= _LEVEL_ROWS else random_rows(count, _LEVEL_ROWS, generator)
 
 
 def _usable_state(state: dict[str, torch.Tensor] | None,
@@ -366,136 +407,129 @@ def _cached_retain_accuracy(state: dict[str, torch.Tensor]) -> float | None:
 
 
 class _Descent:
-    """The projected SGD loop: stops once D_f is forgotten (or test accuracy drops too far),
-    then settles within the last epoch."""
+    """Projected SGD on D_f, run by the shared monitor until D_f is forgotten (see _monitor),
+    at a lower γ when the first one cannot get there within the utility budget."""
 
     def __init__(self, model: nn.Module, layers: dict[str, ProjectedLayer],
-                 bases: dict[str, torch.Tensor], task: UnlearningTask, params: Params,
-                 retain_acc: float | None):
+                 layer_spectra: dict[str, Spectrum], task: UnlearningTask, params: Params,
+                 retain_acc: float | None, *, read_retain: bool):
         self.model, self.task, self.params = model, task, params
         self.retain_acc = retain_acc
-        self.weights = [(layers[name].weight, basis) for name, basis in bases.items()]
+        self.spectra = layer_spectra
+        self.parameters = [layers[name].weight for name in layer_spectra]
+        self.weights: list[tuple[nn.Parameter, torch.Tensor]] = []
         self.generator = seeded_generator(params.seed)
-        self.monitor = ForgetMonitor.from_task(task, params.eval_samples, self.generator)
-        self.history: list[EpochScore] = []
-        self.level: float | None = None  # random forgetting's stopping level, percent
-        self.stop_reason = "max-epochs"
-        self.epochs_run = 0
-        self.kept_epoch: float = 0  # fractional when the last epoch was cut short
+        self.monitor = Monitor(task, samples=params.eval_samples, generator=self.generator,
+                               read_retain=read_retain, class_target_acc=params.class_target_acc)
+        data = task.data
+        self.forget_x, self.forget_y = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
+        # Whole classes: the classifier rows of the forgotten classes step unprojected. Those
+        # rows only set the forgotten classes' own logits, and lowering them on D_f's
+        # (non-negative, post-ReLU) features lowers them everywhere, which no retained sample
+        # minds; projecting them protected nothing and left some classes unforgettable.
+        head = getattr(model, "classifier", None)
+        self.head = head.weight if isinstance(head, nn.Linear) else None
+        self.free_rows = (torch.tensor(sorted(data.forget_classes), device=task.device)
+                          if data.forget_classes and self.head is not None
+                          and params.free_class_rows else None)
+        first = params.class_gamma if data.forget_classes else params.gamma
+        self.ladder = gamma_ladder(first, min(params.gamma_floor, first), params.gamma_step)
+        self.gamma = first
+        self.lr_start = 0.0
+        self.attempts: list[dict] = []
+        self.result = Run("not-run", 0.0)
 
     def run(self, progress: ProgressFn) -> None:
-        start = self.monitor.score(self.model, 0)
-        self.history.append(start)
-        if not self.monitor.class_forgetting:
-            self.level = self._random_forgetting_level(start)
-        if self._forgotten(start):
-            self.stop_reason = "already-forgotten"
-            return
-        data = self.task.data
-        forget_x, forget_y = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
-        decay = (self.params.lr_end / self.params.lr_start) ** (1 / self.params.max_epochs)
-        with only_these_trainable(self.model, [weight for weight, _ in self.weights]):
-            for epoch in range(1, self.params.max_epochs + 1):
-                previous = self._current()
-                self._epoch(forget_x, forget_y, self.params.lr_start * decay ** (epoch - 1))
-                self.history.append(self.monitor.score(self.model, epoch))
-                self.epochs_run = self.kept_epoch = epoch
-                progress(epoch / self.params.max_epochs)
-                reason = self._stop_reason()
-                if reason is not None:
-                    self.stop_reason = reason
-                    self._settle(previous)
+        self.monitor.begin(self.model, retain_accuracy=self.retain_acc,
+                           level_exponent=self.params.level_exponent,
+                           difficulty_weight=self.params.difficulty_weight)
+        weights = Weights(self.parameters)
+        initial, best = weights.save(), None
+        share = 1 / len(self.ladder)
+        with only_these_trainable(self.model, self.parameters):
+            for number, gamma in enumerate(self.ladder):
+                if number:
+                    weights.load(initial)
+                result, lr = self._attempt(gamma, weights, progress_span(
+                    progress, number * share, (number + 1) * share))
+                score = self.monitor.score(self.model, result.kept)
+                # Short of the level but inside the gate's window is good enough to keep.
+                reached = (result.stop_reason in ("forgotten", "already-forgotten")
+                           or self.monitor.acceptable(score))
+                self.attempts.append({"gamma": gamma, "stop_reason": result.stop_reason,
+                                      "epochs_run": result.rounds, "forget_acc": score.forget})
+                if best is not None and not reached and score.forget >= best[0]:
+                    break  # a lower γ did no better
+                best = (score.forget, gamma, result, lr, weights.save(), self.weights)
+                if reached:
                     break
+        _, self.gamma, self.result, self.lr_start, saved, self.weights = best
+        weights.load(saved)
 
-    def _random_forgetting_level(self, start: EpochScore) -> float:
-        data = self.task.data
-        test_x, test_y = retained_class_test_rows(data)
-        rows = _level_rows(len(test_x), self.generator)
-        return retrained_forget_level(
-            test_acc=accuracy(self.model, test_x[rows], test_y[rows], self.task.device),
-            forget_acc=start.forget_acc, retain_acc=self.retain_acc,
-            retained=len(data.retain_idx), forgotten=len(data.forget_idx),
-            exponent=self.params.level_exponent,
-            difficulty_weight=self.params.difficulty_weight)
+    def _attempt(self, gamma: float, weights: Weights, progress: ProgressFn) -> tuple[Run, float]:
+        params = self.params
+        bases = bases_for(self.spectra, gamma)
+        self.weights = list(zip(self.parameters, bases.values(), strict=True))
+        lr_start = params.lr_start or self._sized_lr()
+        ratio = (params.lr_end / params.lr_start if params.lr_start and params.lr_end
+                 else DEFAULT_DECAY)
+        decay = ratio ** (1 / params.max_epochs)
 
-    def _epoch(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None:
+        def epoch(number: int, lr: float) -> None:
+            self._epoch(lr * decay ** (number - 1))
+
+        result = descend(self.monitor, self.model, weights, epoch, lr=lr_start,
+                         max_rounds=params.max_epochs, bisect_steps=params.bisect_steps,
+                         progress=progress)
+        return result, lr_start
+
+    def _sized_lr(self) -> float:
+        """The rate at which a step along the projected gradient of the forget loss (over the
+        monitor's forget rows) moves the projected weights by step_share of their norm."""
+        monitor, device = self.monitor, self.task.device
+        self.model.zero_grad(set_to_none=True)
+        with evaluating(self.model):
+            logits = self.model(monitor.forget_x.to(device))
+            unlearning_loss(logits, monitor.forget_y.to(device), self.params.offset,
+                            self.params.entropy_weight).backward()
+        gradients = [project_out(weight.grad, basis) for weight, basis in self.weights]
+        self.model.zero_grad(set_to_none=True)
+        lr = relative_lr(self.parameters, gradients, self.params.step_share)
+        return lr if lr > 0 else 1.0
+
+    def _epoch(self, lr: float) -> None:
         self.model.train()
         freeze_norm_statistics(self.model)
         device = self.task.device
-        for xb, yb in iterate_batches(x, y, self.params.batch_size, shuffle=True,
-                                      generator=self.generator):
+        for xb, yb in iterate_batches(self.forget_x, self.forget_y, self.params.batch_size,
+                                      shuffle=True, generator=self.generator):
             self.model.zero_grad(set_to_none=True)
             logits = self.model(xb.to(device))
             unlearning_loss(logits, yb.to(device), self.params.offset,
                             self.params.entropy_weight).backward()
             with torch.no_grad():
                 for weight, basis in self.weights:
-                    weight -= lr * project_out(weight.grad, basis)
-
-    def _forgotten(self, score: EpochScore) -> bool:
-        return self.monitor.forgotten(score, self.params.class_target_acc, self.level)
-
-    def _stop_reason(self) -> str | None:
-        start, current = self.history[0], self.history[-1]
-        if self._forgotten(current):
-            return "forgotten"
-        # Against the starting test accuracy: ascent that damages the whole model lowers the
-        # current one too, and chasing it would run the model into the ground.
-        if start.test_acc - current.test_acc > self.params.max_retain_drop:
-            return "retain-drop"
-        return None
-
-    def _settle(self, previous: list[torch.Tensor]) -> None:
-        """After a retain drop, undo the last epoch. After random forgetting, keep the point of
-        the last epoch whose forget accuracy is closest to the level: an epoch moves it by
-        several points, as much as the level's own precision."""
-        if self.stop_reason == "retain-drop":
-            self._restore(previous)
-            self.kept_epoch -= 1
-        elif self.stop_reason == "forgotten" and self.level is not None:
-            self._bisect(previous)
-
-    @torch.no_grad()
-    def _bisect(self, before: list[torch.Tensor]) -> None:
-        after = self._current()
-        tried = {0.0: self.history[-2].forget_acc, 1.0: self.history[-1].forget_acc}
-        low, high = 0.0, 1.0
-        for _ in range(self.params.bisect_steps):
-            middle = (low + high) / 2
-            self._blend(before, after, middle)
-            tried[middle] = self.monitor.forget_accuracy(self.model)
-            if tried[middle] <= self.level:
-                high = middle
-            else:
-                low = middle
-        # Ties go to the later point, as the paper keeps the last epoch unless the one before
-        # is strictly closer.
-        share = min(tried, key=lambda point: (abs(tried[point] - self.level), -point))
-        self._blend(before, after, share)
-        self.kept_epoch = self.epochs_run - 1 + share
-        if 0.0 < share < 1.0:  # test accuracy is not measured there: the level needs none
-            self.history.append(EpochScore(self.kept_epoch, tried[share], None))
-
-    def _current(self) -> list[torch.Tensor]:
-        return [weight.detach().clone() for weight, _ in self.weights]
-
-    @torch.no_grad()
-    def _restore(self, saved: list[torch.Tensor]) -> None:
-        for (weight, _), value in zip(self.weights, saved, strict=True):
-            weight.copy_(value)
-
-    @torch.no_grad()
-    def _blend(self, before: list[torch.Tensor], after: list[torch.Tensor], share: float) -> None:
-        """Weights at ``share`` of the way from ``before`` to ``after`` (0: before)."""
-        for (weight, _), start, end in zip(self.weights, before, after, strict=True):
-            weight.copy_(torch.lerp(start, end, share))
+                    step = project_out(weight.grad, basis)
+                    if weight is self.head and self.free_rows is not None:
+                        step[self.free_rows] = weight.grad[self.free_rows]
+                    weight -= lr * step
 
     def summary(self) -> dict:
+        level = self.monitor.level
         return {
-            "stop_reason": self.stop_reason,
-            "stop_level": None if self.level is None else round(self.level, 2),
+            "gamma": self.gamma,
+            "gamma_attempts": self.attempts,
+            "kept_dimensions": {name: [basis.shape[1], basis.shape[0]]
+                                for name, basis in zip(self.spectra, (b for _, b in self.weights),
+                                                       strict=True)},
+            "stop_reason": self.result.stop_reason,
+            "stop_level": None if level is None else round(level, 2),
+            "class_target": (round(self.monitor.class_target, 2)
+                             if self.monitor.class_forgetting else None),
             "base_retain_accuracy": self.retain_acc,
-            "epochs_run": self.epochs_run,
-            "kept_epoch": round(self.kept_epoch, 4),
-            "history": [score.as_dict() for score in self.history],
+            "lr_start": self.lr_start,
+            "epochs_run": self.result.rounds,
+            "epochs_undone": self.result.undone,
+            "kept_epoch": round(self.result.kept, 4),
+            "history": self.result.history,
         }
