@@ -5,8 +5,10 @@ result through the acceptance gate, per seed; a suite repeats this for each of i
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -84,16 +86,19 @@ class BenchOutput:
 def run_bench(preset: str = "smoke", out: Path = Path("bench-out"), *,
               methods: list[str] | None = None, scenarios: list[str] | None = None,
               seeds: list[int] | None = None, dataset: Path | None = None,
-              cache_dir: Path | None = None, show_progress: bool = True) -> BenchOutput:
+              cache_dir: Path | None = None, show_progress: bool = True,
+              workers: int = 1) -> BenchOutput:
     """Run the preset (or the part of it the options select) and write the report to ``out``.
-    A suite (e.g. ``zoo``) runs the same selection on each of its pairs."""
+    A suite (e.g. ``zoo``) runs the same selection on each of its pairs, ``workers`` of them
+    at once in processes of their own (every time and speed-up is still measured within one
+    pair's process, so the ratios compare; absolute seconds grow with the contention)."""
     suite = resolve_suite(preset, dataset)
     # Every pair's plan first: a bad option fails before the first pair's hours of training.
     plans = [PairPlan(pair, plan_contenders(pair, methods), plan_scenarios(pair, scenarios),
                       plan_seeds(pair, seeds)) for pair in suite.pairs]
     cache_dir = Path(cache_dir or default_cache_dir())
     started = time.perf_counter()
-    pair_results = [run_pair(plan, cache_dir, show_progress) for plan in plans]
+    pair_results = run_pairs(plans, cache_dir, show_progress, workers)
     results = pair_results[0] if len(pair_results) == 1 else suite_results(suite, pair_results)
     results["seconds"] = round(time.perf_counter() - started, 1)
     return BenchOutput(results, write_report(results, Path(out)))
@@ -118,6 +123,17 @@ def run_pair(plan: PairPlan, cache_dir: Path, show_progress: bool) -> dict[str, 
     results = runner.results(trials, plan.scenarios, plan.seeds)
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def run_pairs(plans: list[PairPlan], cache_dir: Path, show_progress: bool,
+              workers: int) -> list[dict[str, Any]]:
+    if workers <= 1 or len(plans) == 1:
+        return [run_pair(plan, cache_dir, show_progress) for plan in plans]
+    # Spawned, not forked: a forked child inherits torch's thread pools mid-state.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(run_pair, plans, [cache_dir] * len(plans),
+                             [False] * len(plans)))  # bars from several processes interleave
 
 
 def suite_results(suite: PresetSuite, pair_results: list[dict[str, Any]]) -> dict[str, Any]:
