@@ -14,7 +14,8 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install .
+COPY client ./client
+RUN pip install ./client .
 
 USER lethe
 EXPOSE 8000

@@ -14,11 +14,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The client (client/, its own distribution) and the service, which uses it for its CLI.
+	$(BIN)/python -m pip install --quiet -e client -e ".[dev]"
 	touch $(STAMP)
 
 serve: install  ## the API with an in-process worker (SQLite + local blobs under .lethe/)

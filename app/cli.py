@@ -9,16 +9,51 @@ from typing import Annotated
 
 import typer
 
-cli = typer.Typer(help="Lethe: machine unlearning as a service.", no_args_is_help=True,
-                  add_completion=False)
-db_cli = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
-apikey_cli = typer.Typer(help="API keys.", no_args_is_help=True)
-data_cli = typer.Typer(help="Dataset files.", no_args_is_help=True)
-receipt_cli = typer.Typer(help="Deletion receipts.", no_args_is_help=True)
+from app import cli_remote
+from app.cli_remote import Json, emit, receipts_cli
+
+cli = typer.Typer(help="Lethe: machine unlearning as a service. Commands that talk to a "
+                  "running service read LETHE_URL and LETHE_TOKEN; every command but serve "
+                  "and worker takes --json.", no_args_is_help=True, add_completion=False)
+db_cli = typer.Typer(help="Database schema migrations (talks to the database directly).",
+                     no_args_is_help=True)
+apikey_cli = typer.Typer(help="API keys (talks to the database directly).",
+                         no_args_is_help=True)
+data_cli = typer.Typer(help="Dataset files on this machine.", no_args_is_help=True)
+# `lethe receipt verify` was the command's first name; it stays, unlisted.
+receipt_cli = typer.Typer(help="Deletion receipts (old name of `lethe receipts`).",
+                          no_args_is_help=True, hidden=True)
 cli.add_typer(db_cli, name="db")
 cli.add_typer(apikey_cli, name="apikey")
 cli.add_typer(data_cli, name="data")
 cli.add_typer(receipt_cli, name="receipt")
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from lethe_client import __version__ as client_version
+
+    import app
+
+    try:
+        server = version("lethe-unlearning")
+    except PackageNotFoundError:
+        server = app.__version__
+    return f"lethe {server} (client {client_version})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(_versions())
+        raise typer.Exit()
+
+
+@cli.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Lethe: machine unlearning as a service."""
 
 
 @cli.command()
@@ -44,58 +79,127 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 def worker(
     concurrency: Annotated[int, typer.Option(help="Jobs run at once (one process each).")] = 1,
     loglevel: str = "INFO",
+    queues: Annotated[str, typer.Option(
+        help="jobs, webhooks, or both (comma list). A GPU worker whose one process runs a long "
+             "job delivers no webhook meanwhile: run a `--queues webhooks` worker too.")
+    ] = "jobs,webhooks",
 ) -> None:
-    """Run a Celery worker for the unlearning queue."""
+    """Run a Celery worker for the unlearning queue (and webhook deliveries)."""
     from app.core.config import get_settings
     from worker.celery_app import celery_app
 
     settings = get_settings()
     if settings.embedded_worker:
         raise typer.BadParameter("set LETHE_BROKER_URL (e.g. redis://127.0.0.1:6379/0)")
-    celery_app.worker_main(["worker", "--queues", settings.queue_name, "--concurrency",
-                            str(concurrency), "--loglevel", loglevel, "--pool", "prefork"])
+    names = {"jobs": settings.queue_name, "webhooks": settings.resolved_webhook_queue}
+    wanted = [q.strip() for q in queues.split(",") if q.strip()]
+    if not wanted or set(wanted) - set(names):
+        raise typer.BadParameter("jobs, webhooks, or both", param_hint="--queues")
+    celery_app.worker_main(["worker", "--queues", ",".join(names[q] for q in wanted),
+                            "--concurrency", str(concurrency), "--loglevel", loglevel,
+                            "--pool", "prefork"])
+
+
+Revision = Annotated[str, typer.Argument(help="An Alembic revision: an id such as 0003, "
+                                           "head, base, or relative as -1 / +1.")]
 
 
 @db_cli.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
-    """Apply migrations up to REVISION."""
+def db_upgrade(
+    revision: Revision = "head",
+    revision_option: Annotated[str | None, typer.Option(
+        "--revision", hidden=True, help="Old spelling of REVISION.")] = None,
+    as_json: Json = False,
+) -> None:
+    """Apply migrations up to REVISION (default head)."""
     from app.core import migrate
 
+    revision = revision_option or revision
     migrate.upgrade(revision=revision)
-    typer.echo(f"database at {revision}")
+    emit(as_json, {"revision": migrate.current()}, f"database at {migrate.current()}")
 
 
 @db_cli.command("downgrade")
-def db_downgrade(revision: Annotated[str, typer.Argument()] = "-1") -> None:
-    """Revert migrations down to REVISION."""
+def db_downgrade(revision: Revision = "-1", as_json: Json = False) -> None:
+    """Revert migrations down to REVISION (default -1: the last one)."""
     from app.core import migrate
 
     migrate.downgrade(revision=revision)
-    typer.echo(f"database at {revision}")
+    emit(as_json, {"revision": migrate.current()}, f"database at {migrate.current()}")
 
 
 @apikey_cli.command("create")
 def apikey_create(
     name: str,
     tenant: Annotated[str | None, typer.Option(help="Add the key to this tenant id.")] = None,
+    as_json: Json = False,
 ) -> None:
     """Create an API key (and a tenant named NAME); the token is the last line printed."""
-    from app.core import migrate
-    from app.core.config import get_settings
     from app.core.db import session_scope
     from app.tenants.service import create_api_key
 
-    settings = get_settings()
-    if not settings.database_url:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        migrate.upgrade()
+    _embedded_database()
     with session_scope() as db:
         try:
             key, token = create_api_key(db, name, tenant)
         except LookupError as exc:
             raise typer.BadParameter(str(exc)) from None
-        typer.echo(f"key {key.id} for tenant {key.tenant_id}")
-    typer.echo(token)
+        key_id, tenant_id = key.id, key.tenant_id
+    emit(as_json, {"key_id": key_id, "tenant_id": tenant_id, "token": token},
+         [f"key {key_id} for tenant {tenant_id}", token])
+
+
+def _embedded_database() -> None:
+    from app.core import migrate
+    from app.core.config import get_settings
+
+    if not get_settings().database_url:
+        get_settings().home.mkdir(parents=True, exist_ok=True)
+        migrate.upgrade()
+
+
+@apikey_cli.command("list")
+def apikey_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: Json = False,
+) -> None:
+    """List API keys (every tenant's, or one's), revoked ones included."""
+    from sqlalchemy import select
+
+    from app.core.db import session_scope
+    from app.tenants.tables import ApiKey
+
+    _embedded_database()
+    with session_scope() as db:
+        query = select(ApiKey).order_by(ApiKey.tenant_id, ApiKey.id)
+        if tenant:
+            query = query.where(ApiKey.tenant_id == tenant)
+        rows = [{"id": k.id, "name": k.name, "tenant_id": k.tenant_id,
+                 "created_at": k.created_at.isoformat(),
+                 "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}
+                for k in db.scalars(query)]
+    emit(as_json, rows, [f"{k['id']}  tenant {k['tenant_id']}  {k['name']}"
+                         + ("  REVOKED" if k["revoked_at"] else "") for k in rows])
+
+
+@apikey_cli.command("revoke")
+def apikey_revoke(key: Annotated[str, typer.Argument(help="A key id (key_…).")],
+                  as_json: Json = False) -> None:
+    """Revoke an API key: its token answers 401 from then on."""
+    from app.audit import service as audit
+    from app.core.db import session_scope
+    from app.tenants.service import revoke_api_key
+
+    _embedded_database()
+    with session_scope() as db:
+        try:
+            row = revoke_api_key(db, key)
+        except LookupError as exc:
+            raise typer.BadParameter(str(exc), param_hint="KEY") from None
+        audit.record(db, "api_key.revoked", "api_key", row.id, tenant_id=row.tenant_id,
+                     actor="cli", data={"name": row.name})
+        revoked_at = row.revoked_at.isoformat()
+    emit(as_json, {"id": key, "revoked_at": revoked_at}, f"{key} revoked at {revoked_at}")
 
 
 @cli.command()
@@ -107,22 +211,31 @@ def train(
     epochs: int | None = None,
     seed: int = 0,
     training_config: Annotated[str | None, typer.Option(help="JSON training recipe.")] = None,
+    as_json: Json = False,
 ) -> None:
-    """Train a catalogue architecture on a dataset file and save weights the service accepts."""
+    """Train a catalogue architecture on a dataset file and save weights the service accepts.
+
+    The architecture and both configs are recorded in the file's metadata, and `lethe models
+    register` (POST /v1/models) takes them from there."""
     from worker.engine.training import train_from_file
 
     recipe = json.loads(training_config) if training_config else {}
     summary = train_from_file(
         dataset, architecture, json.loads(architecture_config) if architecture_config else None,
-        epochs=epochs, seed=seed, out_path=out, recipe=recipe)
-    typer.echo(json.dumps(summary, indent=2))
+        epochs=epochs, seed=seed, out_path=out, recipe=recipe, show_progress=not as_json)
+    emit(as_json, summary, [
+        f"{architecture} trained for {summary['training_config']['epochs']} epochs in "
+        f"{summary['duration_s']} s: train accuracy {summary['train_accuracy']:.3f}, test "
+        f"accuracy {summary['test_accuracy']:.3f}", f"wrote {out}"])
 
 
 @cli.command()
 def bench(
-    preset: Annotated[str, typer.Option(help="smoke, cpu or gpu.")] = "smoke",
+    preset: Annotated[str, typer.Option(help="smoke, cpu, gpu, or zoo (four pairs).")] = "smoke",
     out: Annotated[Path, typer.Option(help="Directory for the results.")] = Path("bench-out"),
-    methods: Annotated[str | None, typer.Option(help="Comma list; default all.")] = None,
+    methods: Annotated[str | None, typer.Option(
+        help="Comma list of methods or labelled variants, e.g. 'projected-gradient (paper)'; "
+             "default all.")] = None,
     scenarios: Annotated[str | None, typer.Option(help="Comma list of random-10, class.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma list; default the preset's.")] = None,
     dataset: Annotated[Path | None, typer.Option(
@@ -136,6 +249,9 @@ def bench(
         help='JSON object of value lists, e.g. \'{"lr": [0.001, 0.01]}\'; include the '
              "current defaults' values to compare every setting with them, seed by seed.")
     ] = None,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Pairs of a suite run at once, each in its own process.")] = 1,
+    as_json: Json = False,
     validation: Annotated[str, typer.Option(
         help="With --tune: 'carve' takes 10% of the training subset for validation; 'unused' "
              "takes as many rows as the test subset from the training rows the preset's "
@@ -155,22 +271,25 @@ def bench(
                   "dataset": dataset, "cache_dir": cache}
         output = (run_tune(preset, tune, json.loads(grid), out, validation=validation,
                            **common) if tune else
-                  run_bench(preset, out, methods=parse_csv(methods), **common))
+                  run_bench(preset, out, methods=parse_csv(methods), workers=workers,
+                            **common))
     except (BenchConfigError, json.JSONDecodeError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    for kind, path in output.paths.items():
-        typer.echo(f"{kind}: {path}")
+    emit(as_json, {kind: str(path) for kind, path in output.paths.items()},
+         [f"{kind}: {path}" for kind, path in output.paths.items()])
 
 
 @data_cli.command("export-digits")
-def export_digits(out: Annotated[Path, typer.Option(help="The .npz file to write.")]) -> None:
+def export_digits(out: Annotated[Path, typer.Option(help="The .npz file to write.")],
+                  as_json: Json = False) -> None:
     """Write scikit-learn's bundled handwritten digits as an upload-ready .npz."""
     from worker.engine.data.formats import export_digits as export
 
     export(out)
-    typer.echo(f"wrote {out}")
+    emit(as_json, {"path": str(out)}, f"wrote {out}")
 
 
+@receipts_cli.command("verify")
 @receipt_cli.command("verify")
 def receipt_verify(
     receipt: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
@@ -179,30 +298,38 @@ def receipt_verify(
                                              help="PEM, or the JSON of GET /v1/keys/receipt.")],
     sample_ids: Annotated[Path | None, typer.Option(
         exists=True, dir_okay=False, help="Also check the forgotten ids (one per line).")] = None,
+    as_json: Json = False,
 ) -> None:
-    """Check a receipt's (or a signed audit head's) signature offline; exit status 0 only if it
-    is valid."""
+    """Check a receipt's (or a signed audit head's) signature offline.
+
+    With the key of `lethe receipts key`; exit status 0 only if it is valid."""
     from app.deletion_requests.receipts import ids_digest, load_public_key, verify_receipt
+
+    def invalid(why: str) -> None:
+        emit(as_json, {"valid": False, "reason": why}, f"INVALID: {why}")
+        raise typer.Exit(1)
 
     document = json.loads(receipt.read_text())
     if not verify_receipt(document, load_public_key(public_key.read_text())):
-        typer.echo("INVALID: the signature does not match this receipt and key")
-        raise typer.Exit(1)
+        invalid("the signature does not match this receipt and key")
     if sample_ids is not None:
         ids = [line.strip() for line in sample_ids.read_text().splitlines() if line.strip()]
         if ids_digest(ids) != document["receipt"]["forgotten_samples"]["sha256"]:
-            typer.echo("INVALID: the sample ids do not hash to the receipt's digest")
-            raise typer.Exit(1)
+            invalid("the sample ids do not hash to the receipt's digest")
     body = document["receipt"]
+    verdict = {"valid": True, "key_id": document["key_id"], "receipt": body}
     if "request_id" not in body:  # a signed audit head (GET /v1/audit/head)
         head = body["audit_head"]
-        typer.echo(f"valid: audit head seq {head['seq']} hash {head['hash']} at {body['at']}, "
-                   f"signed by key {document['key_id']}")
+        emit(as_json, verdict, f"valid: audit head seq {head['seq']} hash {head['hash']} at "
+                               f"{body['at']}, signed by key {document['key_id']}")
         return
-    typer.echo(f"valid: request {body['request_id']} forgot "
-               f"{body['forgotten_samples']['count']} samples of model {body['model_id']} "
-               f"(version {body['version_before']['version']} -> "
-               f"{body['version_after']['version']}), signed by key {document['key_id']}")
+    emit(as_json, verdict, f"valid: request {body['request_id']} forgot "
+         f"{body['forgotten_samples']['count']} samples of model {body['model_id']} "
+         f"(version {body['version_before']['version']} -> "
+         f"{body['version_after']['version']}), signed by key {document['key_id']}")
+
+
+cli_remote.install(cli)  # the commands that talk to a running service, listed after these
 
 
 def main() -> None:

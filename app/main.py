@@ -21,6 +21,8 @@ from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
 from app.ops.metrics import LATENCY, REQUESTS
 from app.ops.routes import router as ops_router
+from app.tenants.routes import router as api_keys_router
+from app.webhooks.routes import router as webhooks_router
 
 DESCRIPTION = """Machine unlearning as a service. Register a model and the data it was trained
 on, send data-deletion requests, poll the unlearning jobs, download the unlearned checkpoints.
@@ -50,7 +52,8 @@ def create_app(run_worker: bool = True) -> FastAPI:
     install_error_handlers(app)
     install_problem_schema(app)
     for router in (ops_router, catalogue_router, datasets_router, models_router,
-                   deletion_requests_router, jobs_router, audit_router):
+                   deletion_requests_router, jobs_router, audit_router, webhooks_router,
+                   api_keys_router):
         app.include_router(router)
 
     @app.middleware("http")

@@ -6,9 +6,11 @@ from app.core.idempotency_table import IdempotencyRecord
 from app.datasets.tables import Dataset, Sample
 from app.deletion_requests.tables import DeletionRequest
 from app.jobs.tables import Job
-from app.models.tables import ForgottenSample, Model, ModelVersion
+from app.models.tables import ForgottenSample, Model, ModelAlias, ModelTag, ModelVersion
 from app.tenants.tables import ApiKey, Tenant
+from app.webhooks.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = ["ApiKey", "AuditEvent", "AuditHead", "Base", "Dataset", "DeletionRequest",
-           "ForgottenSample", "IdempotencyRecord", "Job", "Model", "ModelVersion", "Sample",
-           "Tenant"]
+           "ForgottenSample", "IdempotencyRecord", "Job", "Model", "ModelAlias", "ModelTag",
+           "ModelVersion", "Sample", "Tenant", "WebhookAttempt", "WebhookDelivery",
+           "WebhookEndpoint"]

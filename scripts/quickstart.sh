@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The README's quick start as one script, timed: serve, register data and a model, delete 100
-# samples, poll the job, download version 2 and check its sha256 against the ETag.
+# The README's quick start as one script, timed, through the `lethe` command: serve, register
+# data and a model, delete 100 samples and wait for it, download version 2 (its sha256
+# checked against the ETag), then check the signed receipt and the audit trail.
 #
 #   scripts/quickstart.sh                                   # scikit-learn digits, mlp
-#   DATASET=../shared/data/cifar10-jpeg.tar.gz ARCH=allcnn EPOCHS=2 scripts/quickstart.sh
+#   DATASET=cifar10-jpeg.tar.gz ARCH=allcnn EPOCHS=2 scripts/quickstart.sh
+#
+# Exits 0 when every step succeeded; if the server cannot start (its port is taken, say) it
+# stops at once with the server's own error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,61 +16,78 @@ PORT=${PORT:-8765}
 ARCH=${ARCH:-mlp}
 EPOCHS=${EPOCHS:-30}
 METHOD=${METHOD:-finetune}
+START_TIMEOUT=${START_TIMEOUT:-120}
 WORK=$(mktemp -d)
-export LETHE_HOME="$WORK/home"
-unset LETHE_DATABASE_URL LETHE_BROKER_URL LETHE_STORAGE_URL
-API="http://127.0.0.1:$PORT"
+export LETHE_HOME="$WORK/home" LETHE_URL="http://127.0.0.1:$PORT"
+unset LETHE_DATABASE_URL LETHE_BROKER_URL LETHE_STORAGE_URL LETHE_TOKEN
+lethe() { "$BIN/lethe" "$@"; }
+
+SERVER=
+cleanup() {
+  local status=$?
+  if [ -n "$SERVER" ]; then
+    kill "$SERVER" 2>/dev/null || true
+    wait "$SERVER" 2>/dev/null || true  # its 143 (killed by us) is not the script's status
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
 
 now() { python3 -c 'import time; print(time.time())'; }
 took() { python3 -c 'import sys, time; print(f"{sys.argv[1]:<52} {time.time() - float(sys.argv[2]):7.1f} s")' "$1" "$2"; }
 
-"$BIN/lethe" serve --port "$PORT" >"$WORK/serve.log" 2>&1 &
+"$BIN/lethe" serve --port "$PORT" >"$WORK/serve.log" 2>&1 &  # not the function: $! is the server
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$WORK"' EXIT
-until curl -sf "$API/healthz" >/dev/null; do sleep 0.2; done
+# Ready when this server says it listens, not when anything at all answers on the port.
+deadline=$((SECONDS + START_TIMEOUT))
+until grep -qs "Uvicorn running on" "$WORK/serve.log"; do
+  if ! kill -0 "$SERVER" 2>/dev/null; then
+    wait "$SERVER" 2>/dev/null || true
+    SERVER=
+    echo "quickstart: lethe serve --port $PORT exited before it was ready:" >&2
+    tail -n 20 "$WORK/serve.log" >&2
+    exit 1
+  fi
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "quickstart: lethe serve was not ready after ${START_TIMEOUT} s:" >&2
+    tail -n 20 "$WORK/serve.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
 
-TOKEN=$("$BIN/lethe" apikey create quickstart | tail -n 1)
-AUTH="Authorization: Bearer $TOKEN"
+LETHE_TOKEN=$(lethe apikey create quickstart | tail -n 1)
+export LETHE_TOKEN
 
 if [ -z "${DATASET:-}" ]; then
   DATASET="$WORK/digits.npz"
-  "$BIN/lethe" data export-digits --out "$DATASET" >/dev/null
+  lethe data export-digits --out "$DATASET" >/dev/null
 fi
 
 t=$(now)
-"$BIN/lethe" train --dataset "$DATASET" --architecture "$ARCH" --epochs "$EPOCHS" \
-  --out "$WORK/model.safetensors" >"$WORK/train.json"
+lethe train --dataset "$DATASET" --architecture "$ARCH" --epochs "$EPOCHS" \
+  --out "$WORK/model.safetensors" 2>/dev/null | sed -n 1p
 took "lethe train ($ARCH, $EPOCHS epochs)" "$t"
 
 t=$(now)
-DATASET_ID=$(curl -sf -H "$AUTH" -F name=quickstart -F "file=@$DATASET" "$API/v1/datasets" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+lethe datasets upload "$DATASET" --name quickstart | sed -n 1p
 took "upload + decode $(basename "$DATASET")" "$t"
 
-MODEL_ID=$(curl -sf -H "$AUTH" -F name=quickstart -F "architecture=$ARCH" \
-  -F "dataset_id=$DATASET_ID" -F "weights=@$WORK/model.safetensors" "$API/v1/models" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-
-IDS=$(curl -sf -H "$AUTH" "$API/v1/datasets/$DATASET_ID/samples?limit=100" \
-  | python3 -c 'import json,sys; print(json.dumps([s["id"] for s in json.load(sys.stdin)["items"]]))')
+# The architecture and its configs come from the file: `lethe train` recorded them there.
+lethe models register "$WORK/model.safetensors" --dataset quickstart --name quickstart \
+  | sed -n 1p
+lethe datasets samples quickstart --limit 100 --ids >"$WORK/forget.txt"
 
 t=$(now)
-JOB_ID=$(curl -sf -H "$AUTH" -H 'Content-Type: application/json' \
-  -d "{\"sample_ids\": $IDS, \"method\": \"$METHOD\"}" \
-  "$API/v1/models/$MODEL_ID/deletion-requests" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
-while :; do
-  JOB=$(curl -sf -H "$AUTH" "$API/v1/jobs/$JOB_ID")
-  STATUS=$(echo "$JOB" | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])')
-  case $STATUS in succeeded|failed|cancelled) break ;; esac
-  sleep 0.5
-done
-took "deletion of 100 samples ($METHOD), submit to $STATUS" "$t"
-echo "$JOB" | python3 -c 'import json,sys; m=json.load(sys.stdin)["metrics"]; print("  metrics:", {k: m[k] for k in ("forget_accuracy","retain_accuracy","test_accuracy","mia_efficacy","duration_s")})'
-[ "$STATUS" = succeeded ]
+OUT=$(lethe forget quickstart --ids-file "$WORK/forget.txt" --method "$METHOD" --wait)
+REQUEST=$(echo "$OUT" | tail -n 1)
+echo "$OUT" | sed '$d'
+took "deletion of 100 samples ($METHOD), submit to completed" "$t"
 
-curl -sf -H "$AUTH" -D "$WORK/headers" -o "$WORK/v2.safetensors" \
-  "$API/v1/models/$MODEL_ID/versions/2/checkpoint"
-ETAG=$(grep -i '^etag:' "$WORK/headers" | tr -d '\r"' | awk '{print $2}')
-SHA=$(sha256sum "$WORK/v2.safetensors" | awk '{print $1}')
-[ "$ETAG" = "$SHA" ] && echo "version 2 downloaded: sha256 $SHA matches its ETag"
+lethe versions download quickstart latest --out "$WORK/v2.safetensors" | sed -n 1p
+lethe receipts get "$REQUEST" --out "$WORK/receipt.json" >/dev/null
+lethe receipts key --out "$WORK/key.json" >/dev/null
+lethe receipts verify "$WORK/receipt.json" --public-key "$WORK/key.json" \
+  --sample-ids "$WORK/forget.txt"
+lethe audit verify --anchor "$WORK/receipt.json"

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import save
 
-from tests.services import fresh_postgres_database
+from tests.services import fresh_postgres_database, served
 
 TEST_ENV = {
     "LETHE_JOB_LEASE_SECONDS": "4",
@@ -141,6 +141,35 @@ def sqlite_api(configure) -> Iterator[Api]:
     configure()
     with api_client() as client:
         yield client
+
+
+class LiveServer:
+    """The app behind a real uvicorn on a free port, with its in-process worker."""
+
+    def __init__(self, port: int, token: str):
+        self.port, self.token = port, token
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self, **options):
+        from lethe_client import Client
+
+        return Client(**({"url": self.url, "token": self.token, "backoff": 0.01,
+                          "poll_interval": 0.2, "progress": False} | options))
+
+
+@contextmanager
+def live_server_at() -> Iterator[LiveServer]:
+    from app.main import create_app
+
+    with served(create_app(), lifespan="on") as port:
+        yield LiveServer(port, create_token())
+
+
+@pytest.fixture
+def live_server(configure) -> Iterator[LiveServer]:
+    configure()
+    with live_server_at() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ def make_celery(settings: Settings) -> Celery:
         # execution.release_memory); a child that still grows past this is replaced.
         worker_max_memory_per_child=settings.worker_max_memory_mb * 1024,
         task_default_queue=settings.queue_name,
-        task_routes={"lethe.run_job": {"queue": settings.queue_name}},
+        task_routes={"lethe.run_job": {"queue": settings.queue_name},
+                     "lethe.deliver_webhook": {"queue": settings.resolved_webhook_queue}},
         task_time_limit=settings.job_time_limit_seconds,
         task_soft_time_limit=max(1, settings.job_time_limit_seconds - 60),
         # Redis re-delivers an unacked message after this; it must outlast the longest job.

@@ -31,6 +31,30 @@ def send_job(job_id: str, delay_seconds: float = 0.0) -> None:
                            countdown=max(0.0, delay_seconds) or None)
 
 
+def send_webhook(delivery_id: str, delay_seconds: float = 0.0) -> None:
+    """Hand a committed webhook delivery to a worker (its retries follow by themselves)."""
+    if _embedded is not None:
+        _embedded.wake()
+        return
+    if get_settings().embedded_worker:
+        return  # no worker in this process; the next embedded start delivers it
+    from worker.celery_app import get_celery
+
+    get_celery().send_task("lethe.deliver_webhook", args=[delivery_id],
+                           queue=get_settings().resolved_webhook_queue,
+                           countdown=max(0.0, delay_seconds) or None)
+
+
+def sweep_webhooks() -> int:
+    """Re-send deliveries overdue by a minute or more (a lost message, a dead worker)."""
+    from app.webhooks.service import due_deliveries
+
+    delivery_ids = due_deliveries(stale_after=60.0)
+    for delivery_id in delivery_ids:
+        send_webhook(delivery_id)
+    return len(delivery_ids)
+
+
 def broker_ready() -> bool:
     if get_settings().embedded_worker:
         return _embedded is not None and _embedded.alive()
@@ -60,6 +84,10 @@ class EmbeddedWorker:
 
     def __init__(self, concurrency: int, poll_seconds: float = 1.0):
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="lethe-job")
+        # Webhook deliveries, apart from jobs: a slow receiver never holds a job back. A
+        # delivery due later is found by a later poll (Celery's retry, in-process).
+        self._webhooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lethe-webhook")
+        self._delivering: set[str] = set()
         self._concurrency = concurrency
         self._poll = poll_seconds
         self._running: set[str] = set()
@@ -80,6 +108,7 @@ class EmbeddedWorker:
         self._thread.join(timeout=5)
         stopping.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._webhooks.shutdown(wait=True, cancel_futures=True)
         stopping.clear()
 
     def alive(self) -> bool:
@@ -95,6 +124,7 @@ class EmbeddedWorker:
         while not self._stop.is_set():
             try:
                 self._submit_ready()
+                self._submit_webhooks()
                 if time.monotonic() >= next_upkeep:
                     periodic_upkeep()
                     next_upkeep = time.monotonic() + get_settings().sweep_interval_seconds
@@ -118,6 +148,27 @@ class EmbeddedWorker:
                     continue
                 self._running.add(job_id)
             self._pool.submit(self._run, job_id)
+
+    def _submit_webhooks(self) -> None:
+        from app.webhooks.service import due_deliveries
+
+        for delivery_id in due_deliveries():
+            with self._lock:
+                if delivery_id in self._delivering:
+                    continue
+                self._delivering.add(delivery_id)
+            self._webhooks.submit(self._deliver, delivery_id)
+
+    def _deliver(self, delivery_id: str) -> None:
+        from app.webhooks.service import deliver
+
+        try:
+            deliver(delivery_id)  # a retry is due later: a later poll finds it
+        except Exception:  # noqa: BLE001 - logged; the row says what is left to do
+            log.exception("webhook delivery %s crashed", delivery_id)
+        finally:
+            with self._lock:
+                self._delivering.discard(delivery_id)
 
     def _run(self, job_id: str) -> None:
         from worker.execution import execute_job

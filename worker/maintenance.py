@@ -7,6 +7,7 @@ import logging
 from app.core.db import new_session
 from app.core.storage import get_blob_store
 from app.datasets.erasure import erase_everything_due, erase_forgotten
+from app.deletion_requests.service import announce_overdue
 from app.models.service import purge_withdrawn
 
 log = logging.getLogger(__name__)
@@ -29,3 +30,5 @@ def periodic_upkeep() -> None:
     with new_session() as db:
         purge_withdrawn(db, get_blob_store())
     erase_everything_due()
+    with new_session() as db:
+        announce_overdue(db)

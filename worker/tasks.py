@@ -12,7 +12,7 @@ from app.core.config import get_settings
 from app.core.storage import get_blob_store
 from worker.celery_app import celery_app
 from worker.claims import Verdict
-from worker.dispatch import send_job, sweep_stalled
+from worker.dispatch import send_job, sweep_stalled, sweep_webhooks
 from worker.execution import execute_job
 from worker.maintenance import periodic_upkeep
 
@@ -28,6 +28,18 @@ def run_job(self, job_id: str) -> str:
         # The model is busy with an earlier job (or a transient error hit): ask again later.
         raise self.retry(countdown=get_settings().busy_retry_seconds)
     return execution.verdict.value
+
+
+@celery_app.task(bind=True, name="lethe.deliver_webhook", max_retries=None)
+def deliver_webhook(self, delivery_id: str) -> str:
+    """One attempt; a failed one is retried by Celery after the delivery's backoff (the row
+    counts the attempts and decides when to give up)."""
+    from app.webhooks.service import deliver
+
+    wait = deliver(delivery_id)
+    if wait is not None:
+        raise self.retry(countdown=max(wait, 0.0))
+    return "done"
 
 
 @worker_process_init.connect
@@ -50,6 +62,7 @@ def _start_sweeper(**_kwargs) -> None:
         while True:
             try:
                 sweep_stalled()
+                sweep_webhooks()
                 periodic_upkeep()
             except Exception:  # noqa: BLE001 - try again next round
                 log.exception("sweep failed")

@@ -17,6 +17,7 @@ from app.core.errors import invalid
 from app.core.openapi import AUTHENTICATED, VALIDATED
 from app.core.pagination import Page, PageParams, number_page_params, page_of
 from app.deletion_requests import receipts
+from app.deletion_requests.schemas import SignedDocument
 from app.tenants.service import Principal
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -75,7 +76,7 @@ def verify_chain(
     return ChainVerdict(**asdict(check))
 
 
-@router.get("/head", responses=AUTHENTICATED,
+@router.get("/head", response_model=SignedDocument, responses=AUTHENTICATED,
             summary="The chain's head, signed with the receipt key: an anchor to keep")
 def signed_head(db: Session = Depends(get_db), _: Principal = Depends(current_principal)):
     return receipts.sign({"audit_head": chain_head(db), "at": utcnow().isoformat()})

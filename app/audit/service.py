@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.audit.tables import AuditEvent, AuditHead
 from app.core.db import utcnow
+from app.webhooks import service as webhooks
 
 GENESIS = "0" * 64
 
@@ -63,6 +64,7 @@ def record(
     head.last_hash, head.count = event.hash, head.count + 1
     db.add(event)
     db.flush()
+    webhooks.enqueue(db, event)  # announced to subscribers once this transaction commits
     return event
 
 

@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     receipt_key_file: Path | None = Field(None, description="Ed25519 private key (PEM) that "
                                           "signs receipts; home/receipt-key.pem if unset.")
 
+    # Webhooks.
+    webhook_allow_private: bool = Field(False, description="Deliver to loopback, private and "
+                                        "link-local addresses too (refused by default: a "
+                                        "tenant must not reach the service's own network).")
+    webhook_max_attempts: int = Field(8, ge=1, le=100, description="Attempts per delivery "
+                                      "before it is marked failed (a resend starts again).")
+    webhook_backoff_seconds: float = Field(5.0, ge=0, description="Wait before the first "
+                                           "retry; it doubles with every failed attempt.")
+    webhook_max_backoff_seconds: float = Field(3600.0, ge=0, description="The longest wait "
+                                               "between two attempts.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="How long one attempt "
+                                           "waits for the receiver's answer.")
+    webhook_queue_name: str | None = Field(None, description="The Celery queue deliveries "
+                                           "go to; <queue_name>.webhooks if unset.")
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -93,6 +108,10 @@ class Settings(BaseSettings):
     @property
     def resolved_receipt_key_file(self) -> Path:
         return self.receipt_key_file or self.home / "receipt-key.pem"
+
+    @property
+    def resolved_webhook_queue(self) -> str:
+        return self.webhook_queue_name or f"{self.queue_name}.webhooks"
 
     @property
     def embedded_worker(self) -> bool:

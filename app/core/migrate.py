@@ -30,3 +30,16 @@ def upgrade(url: str | None = None, revision: str = "head") -> None:
 
 def downgrade(url: str | None = None, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+def current(url: str | None = None) -> str:
+    """The database's revision (``base`` when no migration is applied)."""
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url or get_settings().resolved_database_url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision() or "base"
+    finally:
+        engine.dispose()

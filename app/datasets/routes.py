@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import hashlib
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from sqlalchemy.orm import Session
 
 from app.core.auth import current_principal
 from app.core.db import get_db
 from app.core.guards import INT32_MAX
 from app.core.idempotency import Idempotency, fingerprint, idempotency_key
-from app.core.openapi import ONE_RESOURCE, UPLOAD, VALIDATED
+from app.core.openapi import ONE_RESOURCE, UPLOAD, VALIDATED, problems
 from app.core.pagination import Page, PageParams, number_page_params, page_of, page_params
 from app.core.storage import get_blob_store
 from app.datasets import service
@@ -53,9 +53,11 @@ def create_dataset(
 
 
 @router.get("", response_model=Page[DatasetOut], responses=VALIDATED)
-def list_datasets(page: PageParams = Depends(page_params), db: Session = Depends(get_db),
+def list_datasets(name: str | None = Query(None, max_length=200,
+                                           description="Only datasets of this name."),
+                  page: PageParams = Depends(page_params), db: Session = Depends(get_db),
                   principal: Principal = Depends(current_principal)):
-    rows = service.list_datasets(db, principal, page)
+    rows = service.list_datasets(db, principal, page, name)
     return page_of(rows, page, key=lambda d: d.id, convert=DatasetOut.of)
 
 
@@ -63,6 +65,21 @@ def list_datasets(page: PageParams = Depends(page_params), db: Session = Depends
 def get_dataset(dataset_id: str, db: Session = Depends(get_db),
                 principal: Principal = Depends(current_principal)):
     return DatasetOut.of(service.get_dataset(db, principal, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response,
+               responses={204: {"description": "Deleted, its blobs erased."},
+                          **problems(401, 404, 409, 422)},
+               summary="Delete a dataset (no model may use it) and erase its blobs")
+def delete_dataset(dataset_id: str, db: Session = Depends(get_db),
+                   principal: Principal = Depends(current_principal)):
+    dataset = service.get_dataset(db, principal, dataset_id)
+    doomed = service.delete_dataset(db, principal, dataset)
+    db.commit()
+    store = get_blob_store()
+    for sha256 in doomed:  # after the commit: a crash leaves an orphan blob, never a row
+        store.delete(sha256)
+    return Response(status_code=204)
 
 
 @router.get("/{dataset_id}/samples", response_model=Page[SampleOut], responses=ONE_RESOURCE)

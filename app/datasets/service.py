@@ -117,8 +117,11 @@ def get_dataset(db: Session, principal: Principal, dataset_id: str) -> Dataset:
     return dataset
 
 
-def list_datasets(db: Session, principal: Principal, page: PageParams) -> list[Dataset]:
+def list_datasets(db: Session, principal: Principal, page: PageParams,
+                  name: str | None = None) -> list[Dataset]:
     query = select(Dataset).where(Dataset.tenant_id == principal.tenant_id)
+    if name is not None:
+        query = query.where(Dataset.name == name)
     if page.after:
         query = query.where(Dataset.id > page.after)
     return list(db.scalars(query.order_by(Dataset.id).limit(page.limit + 1)))
@@ -137,3 +140,35 @@ def list_samples(db: Session, dataset: Dataset, page: PageParams,
     return list(db.scalars(query.order_by(Sample.row).limit(page.limit + 1)))
 
 
+
+
+def delete_dataset(db: Session, principal: Principal, dataset: Dataset) -> set[str]:
+    """Delete the dataset and its samples; returns the blobs (the upload and its decoded
+    arrays) no other dataset uses, for the caller to erase once this commits. Refused while
+    a model trained on it exists (delete those first: they would lose their data)."""
+    from sqlalchemy import or_
+
+    from app.core.db import lock_row
+    from app.core.errors import Problem
+    from app.models.tables import Model
+
+    lock_row(db, Dataset, dataset.id)
+    models = sorted(db.scalars(select(Model.id).where(Model.dataset_id == dataset.id)))
+    if models:
+        raise Problem(409, f"dataset {dataset.id!r} is what {len(models)} model(s) were "
+                      f"trained on ({', '.join(models[:5])}); delete them first",
+                      slug="dataset-in-use", models=models)
+    blobs = {dataset.upload_blob, dataset.arrays_blob}
+    shared = set(db.scalars(select(Dataset.upload_blob).where(
+        Dataset.id != dataset.id, or_(Dataset.upload_blob.in_(blobs),
+                                      Dataset.arrays_blob.in_(blobs)))))
+    shared |= set(db.scalars(select(Dataset.arrays_blob).where(
+        Dataset.id != dataset.id, or_(Dataset.upload_blob.in_(blobs),
+                                      Dataset.arrays_blob.in_(blobs)))))
+    doomed = blobs - shared
+    audit.record(db, "dataset.deleted", "dataset", dataset.id, tenant_id=principal.tenant_id,
+                 actor=principal.key_id,
+                 data={"name": dataset.name, "sha256": dataset.sha256,
+                       "blobs_erased": sorted(doomed)})
+    db.delete(dataset)  # the database cascades to the samples
+    return doomed

@@ -11,7 +11,12 @@ from app.core.idempotency import Idempotency, fingerprint, idempotency_key
 from app.core.openapi import AUTHENTICATED, ONE_RESOURCE, VALIDATED, problems
 from app.core.pagination import Page, PageParams, deadline_page_params, page_of
 from app.deletion_requests import receipts, service
-from app.deletion_requests.schemas import DeletionRequestIn, DeletionRequestOut
+from app.deletion_requests.schemas import (
+    DeletionRequestIn,
+    DeletionRequestOut,
+    PublicKeyOut,
+    SignedDocument,
+)
 from app.jobs.service import dispatch
 from app.jobs.tables import Job
 from app.models.service import get_model
@@ -76,7 +81,7 @@ def get_deletion_request(request_id: str, db: Session = Depends(get_db),
     return DeletionRequestOut.of(request, job)
 
 
-@router.get("/v1/deletion-requests/{request_id}/receipt",
+@router.get("/v1/deletion-requests/{request_id}/receipt", response_model=SignedDocument,
             responses=problems(401, 404, 409, 422),
             summary="The signed receipt of a completed request")
 def get_receipt(request_id: str, db: Session = Depends(get_db),
@@ -90,7 +95,7 @@ def get_receipt(request_id: str, db: Session = Depends(get_db),
     return receipt
 
 
-@router.get("/v1/keys/receipt", responses=AUTHENTICATED,
+@router.get("/v1/keys/receipt", response_model=PublicKeyOut, responses=AUTHENTICATED,
             summary="The public key that verifies receipts")
 def receipt_key(_: Principal = Depends(current_principal)):
     return receipts.public_key_document()

@@ -109,3 +109,20 @@ class DeletionRequestOut(BaseModel):
                    version_before=job.base_version if job else None,
                    version_after=job.result_version if job else None,
                    job=JobOut.of(job) if job else None)
+
+
+class SignedDocument(BaseModel):
+    """A payload signed with the service's Ed25519 key: a receipt, or a signed audit head. The
+    signature covers ``receipt``'s canonical JSON (sorted keys, no whitespace, UTF-8)."""
+
+    receipt: dict[str, Any]
+    algorithm: str = Field(description="Ed25519.")
+    key_id: str = Field(description="The first 16 hex digits of the public key's sha256.")
+    signature: str = Field(description="Base64 of the signature.")
+
+
+class PublicKeyOut(BaseModel):
+    algorithm: str
+    key_id: str
+    public_key_pem: str
+    public_key: str = Field(description="Base64 of the raw 32-byte public key.")

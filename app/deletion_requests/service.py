@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -180,7 +180,8 @@ def create_request(db: Session, principal: Principal, model: Model,
     params = resolve_params(body.method, body.params).model_dump(mode="json")
     fallback, gate = resolve_fallback(body), resolve_gate(body.gate)
     # Serialise requests on one model so two can never schedule the same sample.
-    lock_row(db, Model, model.id)
+    if not lock_row(db, Model, model.id):
+        raise not_found("model", model.id)  # deleted since it was looked up
     rows = forget_set(db, model, body)
     job, new_job = schedule(db, model, list(rows.values()), body.classes, body.method, params,
                             fallback, gate)
@@ -210,7 +211,9 @@ def settle_requests_of(db: Session, job: Job) -> list[str]:
             request.status, request.completed_at = COMPLETED, job.finished_at
         elif job.status == CANCELLED:
             request.status = REJECTED
-            request.error = {"title": "Job cancelled", "detail": f"job {job.id} was cancelled"}
+            request.error = {"type": "https://lethe.dev/problems/job-cancelled",
+                             "title": "Job cancelled", "status": 409,
+                             "detail": f"job {job.id} was cancelled"}
         elif job.status == FAILED:
             retry = _retry_or_fail(db, job, request)
             if retry:
@@ -272,3 +275,27 @@ def list_requests(db: Session, principal: Principal, page: PageParams, *,
             DeletionRequest.deadline == after_deadline, DeletionRequest.id > after_id)))
     query = query.order_by(DeletionRequest.deadline, DeletionRequest.id)
     return list(db.scalars(query.limit(page.limit + 1)))
+
+
+def announce_overdue(db: Session, limit: int = 1000) -> int:
+    """Record (once) that an open request's deadline passed: an audit event, which webhooks
+    subscribed to ``deletion_request.overdue`` announce. Returns how many."""
+    now = utcnow()
+    due = db.scalars(select(DeletionRequest).where(
+        DeletionRequest.status.in_(OPEN_STATES), DeletionRequest.deadline < now,
+        DeletionRequest.overdue_notified_at.is_(None)).limit(limit)).all()
+    announced = 0
+    for request in due:
+        # Guarded, so that of two sweepers at once only one announces it.
+        if not db.execute(update(DeletionRequest).where(
+                DeletionRequest.id == request.id,
+                DeletionRequest.overdue_notified_at.is_(None)).values(overdue_notified_at=now)
+                .execution_options(synchronize_session=False)).rowcount:
+            continue
+        audit.record(db, "deletion_request.overdue", "deletion_request", request.id,
+                     tenant_id=request.tenant_id,
+                     data={"model_id": request.model_id, "status": request.status,
+                           "deadline": request.deadline.isoformat(), "job_id": request.job_id})
+        announced += 1
+    db.commit()
+    return announced

@@ -32,3 +32,5 @@ class DeletionRequest(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     deadline: Mapped[datetime] = mapped_column(index=True)
     completed_at: Mapped[datetime | None]
+    # When its deadline passed with the request still open: announced once (audit, webhooks).
+    overdue_notified_at: Mapped[datetime | None]

@@ -18,7 +18,8 @@ from app.core.ids import new_id
 from app.core.pagination import PageParams
 from app.core.storage import BlobStore, StoredBlob
 from app.datasets.tables import Dataset
-from app.models.tables import Model, ModelVersion
+from app.models.labels import MODEL_TAG, move_aliases, parse_filters, tag_conditions
+from app.models.tables import Model, ModelTag, ModelVersion
 from app.models.weights import check_against, parse_weights
 from app.tenants.service import Principal
 from worker.engine.architectures import ARCHITECTURES
@@ -71,13 +72,55 @@ def resolve_recipe(config: dict[str, Any]) -> dict[str, Any]:
         raise validation_problem("training_config", exc) from None
 
 
+RECORDED = "as `lethe train` recorded it in the weights' metadata"
+
+
+def registered_architecture(given: str | None, recorded: dict[str, Any]) -> str:
+    """The request's architecture, else the one the weights record; never two that differ."""
+    noted = recorded.get("architecture")
+    if given and noted and given != noted:
+        raise invalid(f"architecture: {given!r} contradicts {noted!r}, {RECORDED}",
+                      errors=[{"field": "architecture",
+                               "message": f"the weights record {noted!r}"}])
+    if not (given or noted):
+        raise invalid("architecture: required (the weights record none)",
+                      errors=[{"field": "architecture", "message": "field required"}])
+    return given or noted
+
+
+def agreed(field: str, given: dict[str, Any] | None, noted: dict[str, Any] | None,
+           resolve) -> dict[str, Any]:
+    """``given`` (a request's field) resolved, else what the weights record resolved; a 422
+    naming every key where the two differ once both are resolved (defaults filled in)."""
+    if noted is None:
+        return resolve(given or {})
+    try:
+        from_weights = resolve(noted)
+    except Problem as exc:
+        raise invalid(f"{exc.detail} ({RECORDED})") from None
+    if given is None:
+        return from_weights
+    from_request = resolve(given)
+    differ = sorted(k for k in from_request.keys() | from_weights.keys()
+                    if from_request.get(k) != from_weights.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {from_request.get(k)!r} != {from_weights.get(k)!r}"
+                          for k in differ)
+        raise invalid(f"{field}: contradicts the one {RECORDED}: {shown}",
+                      errors=[{"field": f"{field}.{k}",
+                               "message": f"the weights record {from_weights.get(k)!r}"}
+                              for k in differ])
+    return from_request
+
+
 def check_weights(architecture: str, config: dict[str, Any], data: bytes) -> None:
     tensors = parse_weights(data)
     check_against(ARCHITECTURES.get(architecture).build(config), tensors)
 
 
 def insert_model(db: Session, principal: Principal, *, name: str, architecture: str,
-                 config: dict, recipe: dict, dataset: Dataset, weights: StoredBlob) -> Model:
+                 config: dict, recipe: dict, dataset: Dataset, weights: StoredBlob,
+                 tags: dict[str, str] | None = None) -> Model:
     model = Model(id=new_id("mdl"), tenant_id=principal.tenant_id, name=name,
                   architecture=architecture, architecture_config=config, dataset_id=dataset.id,
                   training_config=recipe, latest_version=1)
@@ -86,10 +129,12 @@ def insert_model(db: Session, principal: Principal, *, name: str, architecture: 
     db.add(ModelVersion(model_id=model.id, version=1, parent_version=None,
                         sha256=weights.sha256, size_bytes=weights.size, job_id=None,
                         metrics=None, forgotten_sample_ids=[], artifacts={}))
+    db.add_all([ModelTag(model_id=model.id, version=0, key=key, value=value)
+                for key, value in (tags or {}).items()])
     audit.record(db, "model.registered", "model", model.id, tenant_id=principal.tenant_id,
                  actor=principal.key_id,
                  data={"architecture": architecture, "dataset_id": dataset.id,
-                       "version": 1, "sha256": weights.sha256})
+                       "version": 1, "sha256": weights.sha256, "tags": tags or {}})
     db.flush()
     return model
 
@@ -106,15 +151,23 @@ def get_model(db: Session, principal: Principal, model_id: str) -> Model:
     return model
 
 
-def list_models(db: Session, principal: Principal, page: PageParams) -> list[Model]:
+def list_models(db: Session, principal: Principal, page: PageParams, *,
+                name: str | None = None, tags: list[str] | None = None) -> list[Model]:
     query = select(Model).where(Model.tenant_id == principal.tenant_id)
+    if name is not None:
+        query = query.where(Model.name == name)
+    for condition in tag_conditions(parse_filters(tags), Model.id, MODEL_TAG):
+        query = query.where(condition)
     if page.after:
         query = query.where(Model.id > page.after)
     return list(db.scalars(query.order_by(Model.id).limit(page.limit + 1)))
 
 
-def list_versions(db: Session, model: Model, page: PageParams) -> list[ModelVersion]:
+def list_versions(db: Session, model: Model, page: PageParams,
+                  tags: list[str] | None = None) -> list[ModelVersion]:
     query = select(ModelVersion).where(ModelVersion.model_id == model.id)
+    for condition in tag_conditions(parse_filters(tags), model.id, ModelVersion.version):
+        query = query.where(condition)
     if page.after:
         try:
             query = query.where(ModelVersion.version > int(page.after))
@@ -132,7 +185,11 @@ def get_version(db: Session, model: Model, version: int) -> ModelVersion:
 
 
 def withdraw_superseded(db: Session, model: Model, forgetting_version: int) -> list[int]:
-    """Versions before ``forgetting_version`` still carry what it forgot: withdraw them."""
+    """Versions before ``forgetting_version`` still carry what it forgot: withdraw them, and
+    move their aliases to ``forgetting_version`` so that no alias leads to withdrawn weights.
+
+    The caller holds the model's row (the worker's ``finish``), which alias changes take too:
+    an alias set concurrently either lands before (and is moved here) or sees the withdrawal."""
     now = utcnow()
     withdrawn = list(db.scalars(select(ModelVersion).where(
         ModelVersion.model_id == model.id, ModelVersion.version < forgetting_version,
@@ -142,6 +199,7 @@ def withdraw_superseded(db: Session, model: Model, forgetting_version: int) -> l
         audit.record(db, "model_version.withdrawn", "model", model.id,
                      tenant_id=model.tenant_id,
                      data={"version": version.version, "superseded_by": forgetting_version})
+    move_aliases(db, model, [v.version for v in withdrawn], forgetting_version)
     return [v.version for v in withdrawn]
 
 
@@ -171,3 +229,35 @@ def purge_withdrawn(db: Session, store: BlobStore) -> int:
     for sha256 in doomed:  # after the commit: a crash leaves an orphan blob, never a dangling row
         store.delete(sha256)
     return len(due)
+
+
+def delete_model(db: Session, principal: Principal, model: Model) -> set[str]:
+    """Delete the model, its versions, jobs, requests, aliases and tags; returns the blobs
+    (checkpoints, method state) no other model's live version uses, for the caller to erase
+    once this commits. Refused while one of its jobs is queued or running."""
+    from app.core.db import lock_row
+    from app.jobs.tables import QUEUED, RUNNING, Job
+
+    lock_row(db, Model, model.id)
+    busy = sorted(db.scalars(select(Job.id).where(Job.model_id == model.id,
+                                                  Job.status.in_((QUEUED, RUNNING)))))
+    if busy:
+        raise Problem(409, f"model {model.id!r} has {len(busy)} queued or running job(s) "
+                      f"({', '.join(busy[:5])}); cancel them or wait for them to finish",
+                      slug="model-busy", jobs=busy)
+    versions = list(db.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)))
+    blobs: set[str] = set()
+    for version in versions:
+        if version.purged_at is None:
+            blobs |= version_blobs(version)
+    still_used: set[str] = set()
+    for version in db.scalars(select(ModelVersion).where(ModelVersion.model_id != model.id,
+                                                         ModelVersion.purged_at.is_(None))):
+        still_used |= version_blobs(version)
+    doomed = blobs - still_used
+    audit.record(db, "model.deleted", "model", model.id, tenant_id=principal.tenant_id,
+                 actor=principal.key_id,
+                 data={"name": model.name, "versions": len(versions),
+                       "blobs_erased": sorted(doomed)})
+    db.delete(model)  # the database cascades to versions, jobs, requests, aliases, tags
+    return doomed

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.core.db import Base, utcnow
@@ -52,3 +52,34 @@ class ForgottenSample(Base):
                                           primary_key=True)
     row: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[str] = mapped_column(String(40))
+
+
+class ModelAlias(Base):
+    """A name pointing at one of a model's versions (``production`` -> 3), as MLflow has them.
+    When the version is withdrawn because a newer one forgot data, the alias moves to it."""
+
+    __tablename__ = "model_aliases"
+
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    alias: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelTag(Base):
+    """A key-value label on a model (``version`` 0) or on one of its versions (1, 2, …)."""
+
+    __tablename__ = "model_tags"
+    __table_args__ = (
+        UniqueConstraint("model_id", "version", "key"),
+        Index("ix_model_tags_key_value", "key", "value"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"),
+                                          index=True)
+    version: Mapped[int] = mapped_column(default=0)  # 0: the model's own tag
+    key: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str] = mapped_column(String(1000))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -46,3 +48,29 @@ def _dtype_compatible(got: torch.dtype, want: torch.dtype) -> bool:
     if want.is_floating_point:
         return got.is_floating_point
     return got == want
+
+
+RECORDED_KEYS = ("architecture", "architecture_config", "training_config")
+
+
+def recorded_metadata(data: bytes) -> dict:
+    """What ``lethe train`` recorded in a safetensors file's ``__metadata__``: the architecture
+    and both configs, JSON-encoded. Keys that are absent or not JSON (another tool's metadata)
+    are left out; so is everything from a file that is not safetensors (its check says so)."""
+    if len(data) < 8:
+        return {}
+    size = int.from_bytes(data[:8], "little")
+    if size > min(len(data) - 8, 100 << 20):
+        return {}
+    try:
+        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        return {}
+    recorded = {}
+    for key in RECORDED_KEYS:
+        try:
+            recorded[key] = json.loads(metadata[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+    kinds = {"architecture": str, "architecture_config": dict, "training_config": dict}
+    return {k: v for k, v in recorded.items() if isinstance(v, kinds[k])}

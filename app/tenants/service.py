@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.core.db import utcnow
 from app.core.ids import new_id
 from app.tenants.tables import ApiKey, Tenant
 
@@ -48,3 +49,18 @@ def authenticate(session: Session, token: str) -> Principal | None:
         select(ApiKey).where(ApiKey.token_hash == hash_token(token), ApiKey.revoked_at.is_(None))
     ).first()
     return Principal(key.tenant_id, key.id) if key else None
+
+
+def list_api_keys(session: Session, tenant_id: str) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+                                .order_by(ApiKey.id)))
+
+
+def revoke_api_key(session: Session, key_id: str, tenant_id: str | None = None) -> ApiKey:
+    """Revoke a key (of ``tenant_id`` when given); it answers 401 from then on."""
+    key = session.get(ApiKey, key_id)
+    if key is None or (tenant_id is not None and key.tenant_id != tenant_id):
+        raise LookupError(f"API key {key_id!r} does not exist")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    return key
