@@ -182,16 +182,41 @@ def list_forgotten_samples(model_id: str, version: Version,
                    convert=lambda row: ForgottenSampleOut(id=row[1]))
 
 
+def _header(description: str) -> dict:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+CHECKPOINT_HEADERS = {
+    "ETag": _header('The checkpoint\'s sha256 in quotes: check the bytes against it.'),
+    "Accept-Ranges": _header("`bytes`: an interrupted download resumes with Range."),
+    "Content-Length": _header("Bytes in this answer."),
+}
 CHECKPOINT_RESPONSES = {
-    200: {"description": "The safetensors checkpoint; ETag is its sha256."},
+    200: {"description": "The safetensors checkpoint; ETag is its sha256.",
+          "headers": CHECKPOINT_HEADERS},
     206: {"description": "The byte range a Range header asked for.",
-          "content": {CHECKPOINT_TYPE: {}}},
-    304: {"description": "If-None-Match named the current ETag."},
+          "content": {CHECKPOINT_TYPE: {}},
+          "headers": CHECKPOINT_HEADERS | {
+              "Content-Range": _header("`bytes FIRST-LAST/TOTAL` of the range sent.")}},
+    304: {"description": "If-None-Match named the current ETag.",
+          "headers": {"ETag": CHECKPOINT_HEADERS["ETag"]}},
     **problems(401, 404, 410, 416, 422)}
+# The conditional and range request headers the download honours (read from the request
+# itself, so FastAPI would not list them).
+CHECKPOINT_REQUEST_HEADERS = {"parameters": [
+    {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "`bytes=FIRST-`, `bytes=FIRST-LAST` or `bytes=-SUFFIX`: one range; 416 "
+                    "when unsatisfiable."},
+    {"name": "If-Range", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "The ETag a resumed download started from: the range is sent only if the "
+                    "checkpoint is still that one, else the whole file."},
+    {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "An ETag already held: 304 when it is the current one."},
+]}
 
 
 @router.get("/{model_id}/versions/{version}/checkpoint", response_class=CheckpointResponse,
-            responses=CHECKPOINT_RESPONSES)
+            responses=CHECKPOINT_RESPONSES, openapi_extra=CHECKPOINT_REQUEST_HEADERS)
 def download_checkpoint(model_id: str, version: Version, request: Request,
                         db: Session = Depends(get_db),
                         principal: Principal = Depends(current_principal)):
@@ -260,7 +285,7 @@ def delete_alias(model_id: str, alias: AliasName, db: Session = Depends(get_db),
 
 
 @router.get("/{model_id}/aliases/{alias}/checkpoint", response_class=CheckpointResponse,
-            responses=CHECKPOINT_RESPONSES,
+            responses=CHECKPOINT_RESPONSES, openapi_extra=CHECKPOINT_REQUEST_HEADERS,
             summary="The checkpoint of the version the alias names now")
 def download_alias_checkpoint(model_id: str, alias: AliasName, request: Request,
                               db: Session = Depends(get_db),
