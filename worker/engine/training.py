@@ -59,13 +59,20 @@ def iterate_batches(
     *,
     shuffle: bool,
     generator: torch.Generator | None = None,
+    drop_last: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of in-memory tensors (much faster than a DataLoader for small inputs)."""
+    """Mini-batches of in-memory tensors (much faster than a DataLoader for small inputs).
+    ``drop_last`` leaves out a final, smaller batch when a full one came before it."""
     n = len(x)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    for start in range(0, n, batch_size):
+    end = n - n % batch_size if drop_last and n > batch_size else n
+    for start in range(0, end, batch_size):
         idx = order[start : start + batch_size]
         yield x[idx], y[idx]
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -117,10 +124,15 @@ def train(
     generator = seeded_generator(recipe.seed)
     model.to(device).train()
     optimizer = make_optimizer(model.parameters(), recipe, lr)
-    steps_per_epoch = max(1, -(-len(x) // recipe.batch_size))
+    # A ragged last batch (8 rows after 14 of 128) trains BatchNorm on noise and leaves it in
+    # the running statistics: a ResNet fit 1,800 rows to 92% with it and 99.9% without.
+    drop_last = has_batch_norm(model) and len(x) > recipe.batch_size
+    steps_per_epoch = (len(x) // recipe.batch_size if drop_last
+                       else max(1, -(-len(x) // recipe.batch_size)))
     scheduler = make_scheduler(optimizer, recipe, epochs * steps_per_epoch)
     for epoch in range(epochs):
-        for xb, yb in iterate_batches(x, y, recipe.batch_size, shuffle=True, generator=generator):
+        for xb, yb in iterate_batches(x, y, recipe.batch_size, shuffle=True, generator=generator,
+                                      drop_last=drop_last):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             if recipe.augment:
                 xb = augment_images(xb, generator)
