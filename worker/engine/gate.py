@@ -38,7 +38,8 @@ from worker.engine.metrics import mia_features, predict_logits
 
 MEMBER, NON_MEMBER = 1, 0
 
-__all__ = ["Criterion", "Gate", "GateThresholds", "GateVerdict", "judge", "weights_changed"]
+__all__ = ["Criterion", "Gate", "GateThresholds", "GateVerdict", "judge", "paired_se", "percent",
+           "proportion_se", "significantly_beyond", "weights_changed"]
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _minimum(name: str, value: float, bound: float, what: str) -> Criterion:
                      f"{what} {value:.2f} {relation} {bound:.2f}")
 
 
-def _proportion_se(p: float, n: int) -> float:
+def proportion_se(p: float, n: int) -> float:
     """Standard error (points) of an accuracy ``p`` (percent) measured on ``n`` rows."""
     if n == 0:
         return 0.0
@@ -96,7 +97,7 @@ def _proportion_se(p: float, n: int) -> float:
     return 100.0 * math.sqrt(share * (1.0 - share) / n)
 
 
-def _paired_se(base_correct: torch.Tensor, cand_correct: torch.Tensor) -> float:
+def paired_se(base_correct: torch.Tensor, cand_correct: torch.Tensor) -> float:
     """Standard error (points) of the accuracy difference of two models on the same rows."""
     if len(base_correct) < 2:
         return 0.0
@@ -198,27 +199,38 @@ def _utility(base: _Outputs, cand: _Outputs, thresholds: GateThresholds) -> list
             ("test_accuracy", base.test_correct, cand.test_correct),
             ("retain_accuracy", base.retain_correct, cand.retain_correct)):
         allowed = max(thresholds.max_utility_drop,
-                      thresholds.z * _paired_se(base_correct, cand_correct))
-        base_acc, cand_acc = _percent(base_correct), _percent(cand_correct)
+                      thresholds.z * paired_se(base_correct, cand_correct))
+        base_acc, cand_acc = percent(base_correct), percent(cand_correct)
         criteria.append(_minimum(name, cand_acc, base_acc - allowed,
                                  f"{name.replace('_', ' ')} (base {base_acc:.2f}, allowed drop "
                                  f"{allowed:.2f})"))
     return criteria
 
 
+def beyond_p_value(share: float, n: int, bound: float, kind: str) -> float:
+    """p-value of a one-sided exact binomial test that a share (percent) of ``n`` rows lies
+    beyond ``bound`` (above it for ``kind`` "max", below for "min"); 1 when it does not."""
+    beyond = share > bound if kind == "max" else share < bound
+    if not beyond or n == 0:
+        return 1.0
+    edge = min(max(bound / 100.0, 1e-9), 1 - 1e-9)
+    hits = round(share * n / 100.0)
+    return float(binomtest(hits, n, edge,
+                           alternative="greater" if kind == "max" else "less").pvalue)
+
+
+def significantly_beyond(share: float, n: int, bound: float, kind: str, z: float) -> bool:
+    """How the gate decides a forget-set share: beyond ``bound``, and significantly so at the
+    level of ``z``, so a 20-row forget set is not refused for the luck of its draw."""
+    return beyond_p_value(share, n, bound, kind) < norm.sf(z)
+
+
 def _share_bound(name: str, share: float, n: int, bound: float, kind: str, what: str,
                  z: float) -> Criterion:
-    """A share (percent) of ``n`` rows held to a bound: it fails only when it lies beyond the
-    bound and a one-sided exact binomial test at the level of ``z`` says the true share does
-    too, so a 20-row forget set is not refused for the luck of its draw."""
+    """A share (percent) of ``n`` rows held to a bound (see significantly_beyond)."""
     beyond = share > bound if kind == "max" else share < bound
-    p_value = 1.0
-    if beyond and n > 0:
-        edge = min(max(bound / 100.0, 1e-9), 1 - 1e-9)
-        hits = round(share * n / 100.0)
-        p_value = float(binomtest(hits, n, edge,
-                                  alternative="greater" if kind == "max" else "less").pvalue)
-    passed = bool(not beyond or p_value >= norm.sf(z))
+    p_value = beyond_p_value(share, n, bound, kind)
+    passed = not significantly_beyond(share, n, bound, kind, z)
     relation = {("max", True): "<=", ("max", False): ">", ("min", True): ">=",
                 ("min", False): "<"}[(kind, not beyond)]
     detail = f"{what} {share:.2f} {relation} {bound:.2f}"
@@ -232,7 +244,7 @@ def _band(names: tuple[str, str], share: float, n: int, reference: float, n_refe
     """``share`` within ``above``/``below`` points of a reference share measured on
     ``n_reference`` rows, each margin widened to z standard errors of the reference; ``names``
     are those of the upper and the lower bound's criteria."""
-    slack = z * _proportion_se(reference, n_reference)
+    slack = z * proportion_se(reference, n_reference)
     high, low = reference + max(above, slack), reference - max(below, slack)
     return [
         _share_bound(names[0], share, n, high, "max",
@@ -292,7 +304,7 @@ def membership_shares(cand: _Outputs, rows: _Rows, seed: int
     return 100.0 * forget_share, 100.0 * held_out_share, len(held_out)
 
 
-def _percent(correct: torch.Tensor) -> float:
+def percent(correct: torch.Tensor) -> float:
     return 100.0 * float(correct.double().mean()) if len(correct) else 0.0
 
 
@@ -320,12 +332,12 @@ class _Outputs:
 
     @property
     def test_acc(self) -> float:
-        return _percent(self.test_correct)
+        return percent(self.test_correct)
 
     @property
     def retain_acc(self) -> float:
-        return _percent(self.retain_correct)
+        return percent(self.retain_correct)
 
     @property
     def forget_acc(self) -> float:
-        return _percent(self.forget_correct)
+        return percent(self.forget_correct)

@@ -36,10 +36,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-from scipy.stats import binomtest, norm
 from torch import nn
 
-from worker.engine.gate import GateThresholds
+from worker.engine.gate import (
+    GateThresholds,
+    paired_se,
+    percent,
+    proportion_se,
+    significantly_beyond,
+)
 from worker.engine.methods._base import ProgressFn, UnlearningData, UnlearningTask, no_progress
 from worker.engine.methods._common import accuracy, outputs, predictions, random_rows
 
@@ -159,17 +164,17 @@ class Monitor:
         retain, retain_noise = None, 0.0
         if self.read_retain:
             retain_correct = _correct(outputs(model, self.retain_x, self.device), self.retain_y)
-            retain = _percent(retain_correct)
+            retain = percent(retain_correct)
             if self.base_retain_correct is not None:
-                retain_noise = _paired_se(self.base_retain_correct, retain_correct)
+                retain_noise = paired_se(self.base_retain_correct, retain_correct)
         held_out = outputs(model, self.held_out_x, self.device)
         correct = _correct(held_out, self.held_out_y)
         lost, held_out_noise = None, 0.0
         if self.base_correct is not None and len(correct):
-            lost = _percent(self.base_correct & ~correct)
-            held_out_noise = _paired_se(self.base_correct, correct)
+            lost = percent(self.base_correct & ~correct)
+            held_out_noise = paired_se(self.base_correct, correct)
         forget = outputs(model, self.forget_x, self.device)
-        return Score(step, _percent(_correct(forget, self.forget_y)), _percent(correct),
+        return Score(step, percent(_correct(forget, self.forget_y)), percent(correct),
                      retain, lost, _confidence(forget, self.forget_y),
                      _confidence(held_out, self.held_out_y), held_out_noise, retain_noise)
 
@@ -225,22 +230,13 @@ class Monitor:
         held-out accuracy, each margin widened to z standard errors of the held-out figure on
         the rows the gate will see (up to GATE.sample_rows of the test split)."""
         held_out = score.held_out or 0.0
-        slack = GATE.z * _se(held_out, min(GATE.sample_rows, self.test_rows))
+        slack = GATE.z * proportion_se(held_out, min(GATE.sample_rows, self.test_rows))
         return (held_out - max(GATE.forget_margin_below, slack),
                 held_out + max(GATE.forget_margin_above, slack))
 
     def _beyond(self, forget: float, bound: float, kind: str) -> bool:
-        """As the gate decides a forget-set share: beyond ``bound`` and an exact one-sided
-        binomial test at the level of z says so too, on the rows the monitor measured."""
-        rows = len(self.forget_y)
-        beyond = forget > bound if kind == "max" else forget < bound
-        if not beyond or rows == 0:
-            return False
-        edge = min(max(bound / 100.0, 1e-9), 1 - 1e-9)
-        hits = round(forget * rows / 100.0)
-        p_value = binomtest(hits, rows, edge,
-                            alternative="greater" if kind == "max" else "less").pvalue
-        return bool(p_value < norm.sf(GATE.z))
+        """As the gate decides a forget-set share, on the rows the monitor measured."""
+        return significantly_beyond(forget, len(self.forget_y), bound, kind, GATE.z)
 
     def remembered(self, score: Score) -> bool:
         """Forgetting undone: a class above its target, scattered samples above the gate's
@@ -308,25 +304,6 @@ class Weights:
     def finite(self) -> bool:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors)
 
-
-def _se(percent: float, rows: int) -> float:
-    """Standard error (points) of an accuracy measured on ``rows`` rows."""
-    if rows == 0:
-        return 0.0
-    share = min(max(percent / 100.0, 0.0), 1.0)
-    return 100.0 * math.sqrt(share * (1.0 - share) / rows)
-
-
-def _paired_se(before: torch.Tensor, after: torch.Tensor) -> float:
-    """Standard error (points) of the accuracy change between two models on the same rows."""
-    if len(before) < 2:
-        return 0.0
-    diff = after.double() - before.double()
-    return 100.0 * float(diff.std()) / math.sqrt(len(diff))
-
-
-def _percent(correct: torch.Tensor) -> float:
-    return 100.0 * float(correct.double().mean()) if len(correct) else 0.0
 
 
 def _correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
