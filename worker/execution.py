@@ -34,7 +34,7 @@ from worker.claims import Claim, Verdict
 from worker.engine.architectures import build_model
 from worker.engine.data.arrays import DatasetArrays
 from worker.engine.device import describe_hardware, pick_device
-from worker.engine.gate import Gate, GateThresholds, GateVerdict
+from worker.engine.gate import Gate, GateVerdict
 from worker.engine.methods import (
     METHODS,
     JobCancelled,
@@ -316,10 +316,6 @@ def candidates_of(job: Job) -> list[Candidate]:
     return chain
 
 
-def thresholds_of(job: Job) -> GateThresholds:
-    return GateThresholds.model_validate(get_settings().gate.model_dump() | (job.gate or {}))
-
-
 @dataclass
 class JobContext:
     """What every candidate of one job works on."""
@@ -329,7 +325,6 @@ class JobContext:
     data: UnlearningData
     device: torch.device
     reporter: ProgressReporter
-    thresholds: GateThresholds
     gate: Gate
     attempts: list[Attempt] = field(default_factory=list)
 
@@ -344,9 +339,10 @@ def run_claimed(claim: Claim, reporter: ProgressReporter) -> JobResult:
     device = pick_device()
     base = build_model(inputs.model.architecture, inputs.model.architecture_config)
     base.load_state_dict(load_file(str(get_blob_store().path(inputs.base.sha256))))
-    base, data, thresholds = base.to(device).eval(), build_data(inputs), thresholds_of(inputs.job)
+    base, data = base.to(device).eval(), build_data(inputs)
+    thresholds = get_settings().gate.overridden(inputs.job.gate)
     gate = Gate(base, data, thresholds, device, seed=inputs.job.params.get("seed", 0))
-    context = JobContext(inputs, base, data, device, reporter, thresholds, gate)
+    context = JobContext(inputs, base, data, device, reporter, gate)
     accepted = run_chain(context, claim)
     reporter.phase("evaluating", METHOD_END)
     metrics = evaluate(accepted.outcome.model, context.data, device,
@@ -370,7 +366,8 @@ def run_chain(context: JobContext, claim: Claim) -> Attempt:
         attempt = run_candidate(context, candidate, context.reporter.scaled(start, start + span))
         context.attempts.append(attempt)
         record_candidates(claim, context.attempts)
-        if attempt.accepted or (attempt.verdict is not None and not context.thresholds.enforce):
+        unenforced = attempt.verdict is not None and not context.gate.thresholds.enforce
+        if attempt.accepted or unenforced:
             return attempt
         log.warning("job %s: %s", claim.job_id, _failure_line(attempt))
     raise GateRejected(context.attempts)

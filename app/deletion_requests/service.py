@@ -27,7 +27,6 @@ from app.jobs.tables import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from app.models.service import validation_problem
 from app.models.tables import ForgottenSample, Model
 from app.tenants.service import Principal
-from worker.engine.gate_thresholds import GateThresholds
 from worker.engine.methods import METHODS, MethodParams
 from worker.engine.registry import UnknownEntryError
 
@@ -69,9 +68,8 @@ def resolve_fallback(body: DeletionRequestIn) -> list[dict]:
 
 def resolve_gate(overrides: dict | None) -> dict:
     """The service's gate thresholds with the request's overrides applied."""
-    merged = get_settings().gate.model_dump() | (overrides or {})
     try:
-        return GateThresholds.model_validate(merged).model_dump(mode="json")
+        return get_settings().gate.overridden(overrides).model_dump(mode="json")
     except ValidationError as exc:
         raise validation_problem("gate", exc) from None
 

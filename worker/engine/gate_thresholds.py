@@ -39,3 +39,8 @@ class GateThresholds(BaseModel):
         description="Standard errors every margin is widened to when the samples are small.")
     sample_rows: int = Field(
         2000, ge=50, le=100_000, description="Rows of each set the gate evaluates at most.")
+
+    def overridden(self, overrides: dict | None) -> GateThresholds:
+        """These thresholds with a request's overrides applied field by field (validated:
+        a bad value raises pydantic's ValidationError)."""
+        return GateThresholds.model_validate(self.model_dump() | (overrides or {}))
