@@ -359,6 +359,26 @@ def test_descend_undoes_a_round_that_costs_utility_and_halves_the_step(digits, m
     assert monitor.utility_kept(monitor.score(net, run.kept))  # never left past the budget
 
 
+def test_descend_on_a_fixed_schedule_keeps_a_round_that_costs_utility(digits, model):
+    """The papers' rows (``adapt_step`` off): nothing undone, the step never changed."""
+    net = copy.deepcopy(model)
+    task = make_task(net, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    monitor = Monitor(task, samples=500, generator=seeded_generator(0), read_retain=True)
+    monitor.begin(net)
+    first_layer = next(net.parameters())
+    noise = torch.randn(first_layer.shape, generator=seeded_generator(1))
+
+    def step(_number: int, lr: float) -> None:
+        with torch.no_grad():
+            first_layer.add_(noise * lr)
+
+    run = descend(monitor, net, Weights(net.parameters()), step, lr=1.0, max_rounds=3,
+                  adaptive=False)
+    # The ruinous first round wipes the class out with the rest, and the descent ends there.
+    assert (run.stop_reason, run.kept, run.undone, run.lr) == ("forgotten", 1, 0, 1.0)
+    assert not monitor.utility_kept(monitor.score(net, run.kept))  # the cost was kept
+
+
 def test_repair_undoes_a_round_that_brings_the_forget_set_back(digits, model):
     net = copy.deepcopy(model)
     rows = class_rows(digits)

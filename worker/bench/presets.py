@@ -94,8 +94,10 @@ def paper_variants(gamma: float = 0.95) -> tuple[Variant, ...]:
     AllCNN-like nets, methods.md) with no retry at a lower one, every classifier row
     projected, and their stopping rule as far as the parameters reach: forget accuracy at
     the starting test accuracy (no difficulty shift, no learning-curve scaling), keeping the
-    closer of the last two epochs (no bisection). What no parameter turns off stays Lethe's
-    (see projected_gradient.py: e.g. the step's doubling and halving in the descent).
+    closer of the last two epochs (no bisection), and a fixed schedule (no epoch undone, no
+    step halved or doubled: ``adapt_step`` off). What no parameter turns off stays Lethe's: a
+    class's classifier rows are projected as the paper's, but the per-epoch check runs on
+    samples of 500 rows (see projected_gradient.py).
 
     ``ssd (official)``: Foster et al.'s α 10 and λ 1, batch 128 for random samples and 64 for
     whole classes. Lethe's loader still shuffles D (the authors' does not; see ssd.py).
@@ -105,7 +107,7 @@ def paper_variants(gamma: float = 0.95) -> tuple[Variant, ...]:
             "lr_start": 0.05, "lr_end": 0.01, "max_epochs": 100, "gamma": gamma,
             "class_gamma": gamma, "gamma_floor": gamma, "free_class_rows": False,
             "entropy_weight": 0.2, "level_exponent": 0.0, "difficulty_weight": 0.0,
-            "bisect_steps": 0}),
+            "bisect_steps": 0, "adapt_step": False}),
         Variant("ssd (official)", "ssd", {"alpha": 10.0, "dampening": 1.0, "batch_size": 128},
                 scenario_params={"class": {"batch_size": 64}}),
     )

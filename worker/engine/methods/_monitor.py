@@ -352,7 +352,8 @@ Step = Callable[[int, float], None]  # (round, learning rate): one round of the 
 def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *, lr: float,
             max_rounds: int, bisect_steps: int = 4, max_undone: int = 6,
             aimed_rounds: int = 8, patience: int = 4, budget_scale: float = 1.0,
-            on_undo: Callable[[], None] | None = None, progress: ProgressFn = no_progress) -> Run:
+            adaptive: bool = True, on_undo: Callable[[], None] | None = None,
+            progress: ProgressFn = no_progress) -> Run:
     """Rounds of ``step`` until :meth:`Monitor.forgotten`, held to the utility budget.
 
     A round that leaves held-out or retain accuracy more than the budget below the start (or a
@@ -365,7 +366,11 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
     accepted rounds in a row that do not lower the best forget accuracy so far the loop stops
     ("stalled"). A loop that stops short of the target keeps its best accepted point (the
     lowest forget accuracy). The round that crosses a random-forgetting level is bisected onto
-    it (``bisect_steps`` halvings).
+    it (``bisect_steps`` halvings; with none, the closer of the round's two ends is kept).
+
+    ``adaptive=False`` is a paper's fixed schedule: no round is undone for its utility, the
+    step is never halved or doubled and a stall does not stop the loop; only the target or
+    ``max_rounds`` ends it (a non-finite weight ends it too, at the last finite point).
     """
     start = monitor.start
     assert start is not None, "begin() first"
@@ -387,7 +392,11 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
         run.rounds = round_
         progress(round_ / max_rounds)
         score = monitor.score(model, run.kept + 1)
-        if not weights.finite() or not monitor.utility_kept(score, budget_scale):
+        if not adaptive and not weights.finite():
+            weights.load(before)
+            run.stop_reason = "diverged"
+            break
+        if adaptive and (not weights.finite() or not monitor.utility_kept(score, budget_scale)):
             weights.load(before)
             run.history.append(score.as_dict() | {"undone": True, "lr": run.lr})
             ceiling, run.lr = run.lr, run.lr / 2
@@ -402,9 +411,12 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
         run.history.append(score.as_dict() | {"lr": run.lr})
         if monitor.forgotten(score):
             run.stop_reason = "forgotten"
-            if not monitor.class_forgetting and bisect_steps:
+            if not monitor.class_forgetting:
                 _bisect(monitor, model, weights, before, previous, score, run, bisect_steps)
             return run
+        if not adaptive:
+            previous = score
+            continue
         if best is None or score.forget < best[0]:
             best, stalled = (score.forget, run.kept, weights.save()), 0
         else:

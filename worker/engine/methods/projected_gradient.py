@@ -28,6 +28,17 @@ Lethe's additions (the stopping and step-size logic is shared, in ``_monitor.py`
   reads D for the matrices anyway; a chained request, from cached matrices, never reads D_r
   (half the share of held-out rows it loses stands in for the retain accuracy it cannot see;
   the base model's retain accuracy is cached with the matrices for the level).
+
+Any family: a linear layer applied token by token (a transformer's attention and MLP
+projections, ``B×T×d`` inputs) sums the outer products over every token of every row, so R_l
+is d×d whatever the sequence length; a convolution sums over its patches. The memory is the
+matrices: Σ_l d_l² float64 values, held while they are estimated, again as their
+eigenvectors during the descent, and cached with every version. A base-size transformer
+(BERT-base or ViT-B/16: 12 layers of four 768-input and one 768-input plus one 3072-input
+projections, and the head) has 149.8M such values, 1,143 MiB of matrices (about 2.9 GiB at
+the peak, eigenvectors and float32 bases included); a width-64 ResNet-18 704 MiB; the zoo's
+MLPs and narrow CNNs a few MiB. ``max_matrix_mib`` caps it: the widest layers beyond the
+cap are left out (their weights do not change) and named in the job's metrics.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from worker.engine.architectures import classification_head
 from worker.engine.methods._base import (
     MethodParams,
     ProgressFn,
@@ -158,6 +170,13 @@ class Params(MethodParams):
                     "interval between its start and end weights this often and keep the blend "
                     "closest to the level (0: keep the closer of the two, as the paper does).",
     )
+    adapt_step: bool = Field(
+        True,
+        description="Undo an epoch that costs more utility than the gate allows and halve the "
+                    "step, double a step that barely forgets, stop a descent that stalls "
+                    "(false: the paper's fixed schedule, ended only by the stopping level or "
+                    "max_epochs).",
+    )
     class_target_acc: float | None = Field(
         None, ge=0, le=100,
         description="Class forgetting: stop once forget accuracy (percent) is at most this; "
@@ -177,6 +196,13 @@ class Params(MethodParams):
         128, ge=1, le=8192,
         description="Batch size while accumulating the representation matrices.",
     )
+    max_matrix_mib: float = Field(
+        2048, gt=0, le=1_048_576,
+        description="Cap on the representation matrices (Σ d² float64 over the projected "
+                    "layers, cached with every version): beyond it the widest layers are left "
+                    "out, unchanged, and listed in the metrics. BERT-base or ViT-B/16 needs "
+                    "1,143 MiB, a width-64 ResNet-18 704 MiB.",
+    )
 
 
 # --- Representation matrices and their Core Gradient Space ------------------------------------
@@ -189,6 +215,26 @@ def projected_layers(model: nn.Module) -> dict[str, ProjectedLayer]:
         if isinstance(module, nn.Linear)
         or (isinstance(module, nn.Conv2d) and module.groups == 1)
     }
+
+
+def matrix_mib(layer: ProjectedLayer) -> float:
+    """MiB of the layer's float64 representation matrix."""
+    return layer.weight[0].numel() ** 2 * 8 / 2**20
+
+
+def within_budget(layers: dict[str, ProjectedLayer],
+                  max_mib: float) -> tuple[dict[str, ProjectedLayer], list[str]]:
+    """The layers whose matrices fit in ``max_mib`` together, leaving out the widest first;
+    and the names left out (in the model's order)."""
+    total = sum(matrix_mib(layer) for layer in layers.values())
+    left_out: set[str] = set()
+    for name in sorted(layers, key=lambda n: -matrix_mib(layers[n])):
+        if total <= max_mib:
+            break
+        left_out.add(name)
+        total -= matrix_mib(layers[name])
+    kept = {name: layer for name, layer in layers.items() if name not in left_out}
+    return kept, [name for name in layers if name in left_out]
 
 
 def _input_rows(layer: ProjectedLayer, x: torch.Tensor) -> torch.Tensor:
@@ -324,7 +370,7 @@ class ProjectedGradient(UnlearningMethod):
 
     def unlearn(self, task: UnlearningTask, params: Params) -> UnlearningOutcome:
         model = working_copy(task)
-        layers = projected_layers(model)
+        layers, left_out = within_budget(projected_layers(model), params.max_matrix_mib)
         reduced, source, retain_acc = _retained_matrices(model, layers, task, params)
         # A first request reads D for the matrices anyway, so it watches a D_r sample too;
         # a chained one, from cached matrices, never reads D_r.
@@ -333,6 +379,8 @@ class ProjectedGradient(UnlearningMethod):
         descent.run(progress_span(task.progress, 0.1 if source == "cached" else 0.4, 1.0))
         task.progress(1.0)
         metrics = {"state_source": source, **descent.summary()}
+        if left_out:
+            metrics["layers_left_out"] = left_out
         state = dict(reduced)
         if retain_acc is not None:
             # The projected steps barely move retained accuracy, so the next request reuses it.
@@ -427,8 +475,10 @@ class _Descent:
         # rows only set the forgotten classes' own logits, and lowering them on D_f's
         # (non-negative, post-ReLU) features lowers them everywhere, which no retained sample
         # minds; projecting them protected nothing and left some classes unforgettable.
-        head = getattr(model, "classifier", None)
-        self.head = head.weight if isinstance(head, nn.Linear) else None
+        try:
+            self.head = classification_head(model).weight
+        except ValueError:
+            self.head = None
         self.free_rows = (torch.tensor(sorted(data.forget_classes), device=task.device)
                           if data.forget_classes and self.head is not None
                           and params.free_class_rows else None)
@@ -480,7 +530,7 @@ class _Descent:
 
         result = descend(self.monitor, self.model, weights, epoch, lr=lr_start,
                          max_rounds=params.max_epochs, bisect_steps=params.bisect_steps,
-                         progress=progress)
+                         adaptive=params.adapt_step, progress=progress)
         return result, lr_start
 
     def _sized_lr(self) -> float:
