@@ -18,7 +18,9 @@ from app.core.storage import BlobStore, get_blob_store
 from app.datasets.tables import Dataset, Sample
 from app.models.tables import ForgottenSample, Model
 from worker.engine.data.arrays import DatasetArrays
+from worker.engine.data.loader import ZeroedRows
 from worker.engine.data.rewrite import rewrite_without
+from worker.engine.data.text import TextRows, erase_text_rows, is_text_dataset
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,22 @@ def erasable_rows(db: Session, dataset: Dataset) -> dict[int, str]:
 def _rewrite_blobs(store: BlobStore, dataset: Dataset, rows: dict[int, str]):
     upload, decoded = store.temp_path(), store.temp_path()
     try:
+        arrays_path = store.path(dataset.arrays_blob)
+        if is_text_dataset(arrays_path):  # texts emptied, row numbers kept
+            with TextRows.open(arrays_path) as text:
+                table = text.table
+            erase_text_rows(arrays_path, rows, decoded, spill_dir=store.staging_dir)
+            rewrite_without(store.path(dataset.upload_blob), dataset.format,
+                            set(rows.values()), upload, table)
+            return store.put_file(upload, move=True), store.put_file(decoded, move=True)
+        # Rows are read, zeroed and written a block at a time: never the whole dataset.
+        arrays = DatasetArrays.open(arrays_path)
         rewrite_without(store.path(dataset.upload_blob), dataset.format, set(rows.values()),
-                        upload)
-        arrays = DatasetArrays.load(store.path(dataset.arrays_blob))
-        arrays.x_train = arrays.x_train.copy()
-        arrays.x_train[sorted(rows)] = 0
+                        upload, arrays.table)
+        arrays.x_train = ZeroedRows(arrays.x_train, rows)
+        arrays.ids_train = list(arrays.ids_train)
         if arrays.subjects_train:
+            arrays.subjects_train = list(arrays.subjects_train)
             for row in rows:
                 arrays.subjects_train[row] = None
         arrays.save(decoded)

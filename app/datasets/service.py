@@ -20,11 +20,16 @@ from app.datasets.tables import Dataset, Sample
 from app.tenants.service import Principal
 from worker.engine.data.arrays import DatasetArrays
 from worker.engine.data.formats import (
+    TABLE_FORMATS,
     ArchiveLimits,
     DatasetFormatError,
+    TableColumns,
+    TextDataset,
     dataset_format,
     load_dataset_file,
 )
+
+INSERT_CHUNK = 20_000  # sample rows per INSERT
 
 
 @dataclass
@@ -35,7 +40,7 @@ class StagedDataset:
     format: str
     upload: StoredBlob
     arrays_blob: StoredBlob
-    arrays: DatasetArrays
+    arrays: DatasetArrays | TextDataset  # what the rows are made of (texts stay in the blob)
 
     def discard(self, store: BlobStore) -> None:
         for blob in (self.upload, self.arrays_blob):
@@ -51,26 +56,45 @@ def archive_limits() -> ArchiveLimits:
                          max_ratio=s.max_compression_ratio, max_image_pixels=s.max_image_pixels,
                          max_decoded_bytes=s.max_decoded_bytes,
                          max_id_chars=Sample.__table__.c.sample_id.type.length,
-                         max_subject_chars=Sample.__table__.c.subject.type.length)
+                         max_subject_chars=Sample.__table__.c.subject.type.length,
+                         max_rows=s.max_dataset_rows, max_text_chars=s.max_text_chars,
+                         max_row_bytes=s.max_row_bytes, max_classes=s.max_classes)
 
 
-def stage_upload(store: BlobStore, name: str, filename: str, source: BinaryIO) -> StagedDataset:
-    """Check and decode the upload; raise a 422 problem (leaving nothing behind) if it is bad."""
+def stage_upload(store: BlobStore, name: str, filename: str, source: BinaryIO,
+                 columns: TableColumns | None = None) -> StagedDataset:
+    """Check and decode the upload; raise a 422 problem (leaving nothing behind) if it is bad.
+    ``columns`` says what a table's columns are (CSV, JSON Lines, Parquet only)."""
     try:
         fmt = dataset_format(filename)
     except DatasetFormatError as exc:
         raise invalid(f"file: {exc}") from None
+    if columns is not None and fmt not in TABLE_FORMATS:
+        raise invalid(f"file: column fields apply to {', '.join(TABLE_FORMATS)} uploads, "
+                      f"not {fmt}")
+    s = get_settings()
+    if fmt in TABLE_FORMATS:  # the file is the content: cap it before a byte is kept
+        size = _remaining_bytes(source)
+        if size is not None and size > s.max_archive_bytes:
+            raise invalid(f"file: {size} bytes, more than {s.max_archive_bytes}")
     raw = store.temp_path(suffix=Path(filename).suffix)
     decoded = None
     try:
         with open(raw, "wb") as out:
             shutil.copyfileobj(source, out, 1 << 20)
         try:
-            arrays = load_dataset_file(raw, filename, archive_limits(), store.staging_dir)
+            arrays = load_dataset_file(raw, filename, archive_limits(), store.staging_dir,
+                                       columns)
         except DatasetFormatError as exc:
-            raise invalid(f"file: {exc}") from None
+            located = {key: value for key, value in (("column", exc.column), ("row", exc.row))
+                       if value is not None}
+            raise invalid(f"file: {exc}", **located) from None
         decoded = store.temp_path(suffix=".safetensors")
-        arrays.save(decoded)
+        try:
+            arrays.save(decoded)
+        finally:
+            if isinstance(arrays, TextDataset):
+                arrays.close()  # the texts are in the decoded file now
         upload_blob = store.put_file(raw, move=True)
         try:
             arrays_blob = store.put_file(decoded, move=True)
@@ -83,6 +107,18 @@ def stage_upload(store: BlobStore, name: str, filename: str, source: BinaryIO) -
         if decoded is not None:
             decoded.unlink(missing_ok=True)
     return StagedDataset(name, fmt, upload_blob, arrays_blob, arrays)
+
+
+def _remaining_bytes(source: BinaryIO) -> int | None:
+    """How many bytes ``source`` holds from where it stands, when it can tell (a spooled
+    upload can)."""
+    try:
+        here = source.tell()
+        end = source.seek(0, 2)
+        source.seek(here)
+    except (OSError, AttributeError, ValueError):
+        return None
+    return end - here
 
 
 def insert_dataset(db: Session, principal: Principal, staged: StagedDataset) -> Dataset:
@@ -98,11 +134,16 @@ def insert_dataset(db: Session, principal: Principal, staged: StagedDataset) -> 
     db.add(dataset)
     db.flush()
     subjects = arrays.subjects_train or [None] * len(arrays.ids_train)
-    rows = [{"dataset_id": dataset.id, "row": i, "sample_id": sid, "label": int(label),
+    labels = arrays.y_train.tolist()
+    # In chunks: a table may have a million rows, and a million dicts at once is ~0.5 GB.
+    for start in range(0, len(labels), INSERT_CHUNK):
+        end = start + INSERT_CHUNK
+        db.execute(insert(Sample), [
+            {"dataset_id": dataset.id, "row": start + i, "sample_id": sid, "label": label,
              "subject": subject, "deleted": False}
-            for i, (sid, label, subject) in enumerate(
-                zip(arrays.ids_train, arrays.y_train.tolist(), subjects, strict=True))]
-    db.execute(insert(Sample), rows)
+            for i, (sid, label, subject) in enumerate(zip(
+                arrays.ids_train[start:end], labels[start:end], subjects[start:end],
+                strict=True))])
     audit.record(db, "dataset.uploaded", "dataset", dataset.id, tenant_id=principal.tenant_id,
                  actor=principal.key_id,
                  data={"sha256": dataset.sha256, "name": dataset.name,

@@ -29,7 +29,14 @@ _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class DatasetFormatError(ValueError):
-    """An upload that is not a dataset Lethe accepts; the message says what is wrong."""
+    """An upload that is not a dataset Lethe accepts; the message says what is wrong.
+
+    A table's errors also carry the ``column`` (and the ``row``, 0 being the first data row)
+    at fault, for the problem's extension members."""
+
+    def __init__(self, message: str, *, column: str | None = None, row: int | None = None):
+        super().__init__(message)
+        self.column, self.row = column, row
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,9 @@ class ArchiveLimits:
 
     ``max_bytes`` bounds the archive's total uncompressed content (a zip bomb),
     ``max_decoded_bytes`` the pixel arrays it decodes to (many ordinary images: pixels ×
-    channels summed over all of them), ``max_image_pixels`` one image (an image bomb). The
-    text bounds are what the database stores: an image's path is its sample id.
+    channels summed over all of them; a table's features as float32, or its texts' UTF-8
+    bytes), ``max_image_pixels`` one image (an image bomb). The text bounds are what the
+    database stores: an image's path is its sample id.
     """
 
     max_members: int = 200_000
@@ -49,6 +57,12 @@ class ArchiveLimits:
     max_decoded_bytes: int = 2 << 30
     max_id_chars: int = 1024
     max_subject_chars: int = 200
+    # Text and tabular uploads (CSV, JSON Lines, Parquet): rows in all, characters of one
+    # text cell, bytes of one line of a CSV or JSON Lines file, distinct labels.
+    max_rows: int = 1_000_000
+    max_text_chars: int = 100_000
+    max_row_bytes: int = 1 << 20
+    max_classes: int = 10_000
 
 
 @dataclass(frozen=True)

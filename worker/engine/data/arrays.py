@@ -66,6 +66,9 @@ class DatasetArrays:
     # upload so later edits of the data never shift a trained model's inputs.
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    # A table upload's columns (``TableColumns`` as a dict), which erasure's rewrite of the
+    # stored upload needs; None for other formats.
+    table: dict | None = None
 
     @property
     def is_image(self) -> bool:
@@ -107,16 +110,20 @@ class DatasetArrays:
         """Model inputs (float32, NCHW for images) from stored rows of ``x``."""
         self.ensure_stats()
         mean, std = torch.from_numpy(self.mean), torch.from_numpy(self.std)
-        t = torch.from_numpy(np.ascontiguousarray(x))
         if self.is_image:
-            t = t.float().div_(255.0).sub_(mean).div_(std)
+            t = torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0).sub_(mean).div_(std)
             return t.permute(0, 3, 1, 2).contiguous()
-        return t.float().sub_(mean).div_(std).reshape(len(x), *self.input_shape)
+        # A copy: float32 rows would otherwise be normalised in place, in the caller's array
+        # (or, for a read-only map of a decoded upload, fault).
+        t = torch.from_numpy(np.array(x, dtype=np.float32))
+        return t.sub_(mean).div_(std).reshape(len(x), *self.input_shape)
 
     def save(self, path: Path) -> None:
         self.ensure_stats()
         meta = {"ids_train": json.dumps(self.ids_train), "classes": json.dumps(self.classes),
                 "subjects_train": json.dumps(self.subjects_train)}
+        if self.table is not None:
+            meta["table"] = json.dumps(self.table)
         tensors = {"x_train": self.x_train, "y_train": self.y_train.astype(np.int64),
                    "x_test": self.x_test, "y_test": self.y_test.astype(np.int64),
                    "mean": self.mean, "std": self.std}
@@ -133,7 +140,16 @@ class DatasetArrays:
             x_train=t["x_train"], y_train=t["y_train"], x_test=t["x_test"], y_test=t["y_test"],
             ids_train=json.loads(meta["ids_train"]), classes=json.loads(meta["classes"]),
             subjects_train=json.loads(meta["subjects_train"]), mean=t["mean"], std=t["std"],
+            table=json.loads(meta.get("table", "null")),
         )
+
+    @classmethod
+    def open(cls, path: Path) -> DatasetArrays:
+        """The dataset with ``x_train``/``x_test`` left on disk, read row by row on demand
+        (:func:`worker.engine.data.loader.open_arrays`)."""
+        from worker.engine.data.loader import open_arrays
+
+        return open_arrays(path)
 
 
 def _column_stats(blocks: Callable[[], Iterator[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -20,22 +20,29 @@ from worker.engine.data.imagefolder import (
     wanted_member,
 )
 from worker.engine.data.npz import export_digits, load_npz
+from worker.engine.data.tables import TABLE_FORMATS, TableColumns, decode_table
+from worker.engine.data.text import TextDataset
 
 __all__ = [
     "SUFFIX_FORMATS",
+    "TABLE_FORMATS",
     "ArchiveLimits",
     "DatasetFormatError",
+    "TableColumns",
+    "TextDataset",
     "dataset_format",
     "export_digits",
     "load_dataset_file",
 ]
 
 SUFFIX_FORMATS = {".npz": "npz", ".zip": "zip", ".tar": "tar", ".tar.gz": "tar.gz",
-                  ".tgz": "tar.gz"}
+                  ".tgz": "tar.gz", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                  ".parquet": "parquet"}
 
 
 def dataset_format(filename: str) -> str:
-    """``npz``, ``zip``, ``tar`` or ``tar.gz``; raises for any other suffix."""
+    """``npz``, ``zip``, ``tar``, ``tar.gz``, ``csv``, ``jsonl`` or ``parquet``; raises for
+    any other suffix."""
     lower = filename.lower()
     for suffix, fmt in SUFFIX_FORMATS.items():
         if lower.endswith(suffix):
@@ -45,7 +52,8 @@ def dataset_format(filename: str) -> str:
 
 
 def load_dataset_file(path: Path, filename: str, limits: ArchiveLimits | None = None,
-                      scratch_dir: Path | None = None) -> DatasetArrays:
+                      scratch_dir: Path | None = None, columns: TableColumns | None = None,
+                      ) -> DatasetArrays | TextDataset:
     """Decode the upload stored at ``path`` whose client-side name was ``filename``.
 
     An archive's images are decoded one at a time into an unnamed spill file in
@@ -53,11 +61,18 @@ def load_dataset_file(path: Path, filename: str, limits: ArchiveLimits | None = 
     their final size: memory holds those arrays, bounded by ``limits.max_decoded_bytes``,
     never a list of images as well.
 
+    A table (CSV, JSON Lines, Parquet) is read as ``columns`` say (default: a ``label``
+    column, every other column a feature); its features and texts stream to spill files in
+    ``scratch_dir`` too (see :mod:`worker.engine.data.tables`). A text table gives a
+    :class:`TextDataset`, anything else :class:`DatasetArrays`.
+
     Raises :class:`DatasetFormatError` (a ``ValueError``) with a message fit for the client.
     """
     fmt = dataset_format(filename)
     limits = limits or ArchiveLimits()
     path = Path(path)
+    if fmt in TABLE_FORMATS:
+        return decode_table(path, fmt, columns or TableColumns(), limits, scratch_dir)
     if fmt == "npz":
         return load_npz(path, limits)
     if fmt == "zip":

@@ -16,11 +16,16 @@ import numpy as np
 
 from worker.engine.data.archive import normalise_member_name
 from worker.engine.data.imagefolder import SUBJECTS_FILE
+from worker.engine.data.tables import TABLE_FORMATS, TableColumns, rewrite_table
 
 
-def rewrite_without(source: Path, fmt: str, drop_ids: set[str], target: Path) -> None:
-    """Write ``source`` (an upload of format ``fmt``) to ``target`` minus ``drop_ids``."""
-    if fmt == "npz":
+def rewrite_without(source: Path, fmt: str, drop_ids: set[str], target: Path,
+                    table: dict | None = None) -> None:
+    """Write ``source`` (an upload of format ``fmt``) to ``target`` minus ``drop_ids``;
+    ``table``: a table upload's columns (``TableColumns.as_dict()``, kept with its arrays)."""
+    if fmt in TABLE_FORMATS:
+        rewrite_table(source, fmt, TableColumns.from_dict(table or {}), drop_ids, target)
+    elif fmt == "npz":
         _rewrite_npz(source, drop_ids, target)
     elif fmt == "zip":
         _rewrite_zip(source, drop_ids, target)
