@@ -208,8 +208,9 @@ def datasets_delete(dataset: Annotated[str, typer.Argument(help="Id or name.")],
 @models_cli.command("register")
 @remote
 def models_register(
-    weights: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                            help="The .safetensors weights.")],
+    weights: Annotated[Path, typer.Argument(
+        exists=True, help="The .safetensors weights, or a Hugging Face model folder "
+                          "(model.safetensors, config.json, tokenizer files).")],
     dataset: Annotated[str, typer.Option(help="The dataset it was trained on (id or name).")],
     name: Annotated[str | None, typer.Option(help="Default: the file's name.")] = None,
     architecture: Annotated[str | None, typer.Option(

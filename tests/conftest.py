@@ -27,13 +27,15 @@ TEST_ENV = {
 def reset_caches() -> None:
     from app.core import db, storage
     from app.deletion_requests import receipts
-    from worker import celery_app, execution
+    from worker import celery_app, execution, model_inputs
 
     db.reset_caches()
     receipts.signing_key.cache_clear()
     storage.get_blob_store.cache_clear()
     celery_app.get_celery.cache_clear()
     execution.model_inputs.cache_clear()
+    model_inputs.text_inputs.cache_clear()
+    model_inputs.preprocessed_image_inputs.cache_clear()
 
 
 def point_lethe_at(monkeypatch: pytest.MonkeyPatch, home: Path, **settings: str | None) -> Path:

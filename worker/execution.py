@@ -33,6 +33,7 @@ from worker import claims
 from worker.claims import Claim, Verdict
 from worker.engine.architectures import build_model
 from worker.engine.data.arrays import DatasetArrays
+from worker.engine.data.loader import LazyInputs
 from worker.engine.device import describe_hardware, pick_device
 from worker.engine.gate import Gate, GateVerdict
 from worker.engine.methods import (
@@ -45,6 +46,7 @@ from worker.engine.methods import (
 from worker.engine.metrics import evaluate
 from worker.engine.training import TrainingRecipe
 from worker.maintenance import after_completion
+from worker.model_inputs import inputs_for
 
 log = logging.getLogger(__name__)
 
@@ -240,22 +242,37 @@ def load_inputs(claim: Claim) -> JobInputs:
 
 @lru_cache(maxsize=2)
 def model_inputs(arrays_blob: str) -> tuple[DatasetArrays, torch.Tensor, torch.Tensor]:
-    """Decoded arrays and normalised input tensors, cached across jobs on the same dataset."""
-    arrays = DatasetArrays.load(get_blob_store().path(arrays_blob))
+    """Decoded arrays and normalised input tensors, cached across jobs on the same dataset.
+
+    Past ``job_resident_dataset_bytes`` of decoded inputs the inputs stay in the blob store:
+    ``x_train``/``x_test`` are then :class:`LazyInputs`, which read (and normalise) only the
+    rows a method indexes, so a job's memory follows the rows it touches, not the dataset."""
+    path = get_blob_store().path(arrays_blob)
+    arrays = DatasetArrays.open(path)
+    if arrays.x_train.nbytes + arrays.x_test.nbytes > get_settings().job_resident_dataset_bytes:
+        return arrays, LazyInputs(arrays, arrays.x_train), LazyInputs(arrays, arrays.x_test)
+    arrays = DatasetArrays.load(path)
     return arrays, arrays.inputs(arrays.x_train), arrays.inputs(arrays.x_test)
 
 
 def build_data(inputs: JobInputs) -> UnlearningData:
-    arrays, x_train, x_test = model_inputs(inputs.dataset.arrays_blob)
+    # A text classifier's token ids, or pixels its preprocessor normalises; else the arrays.
+    own = inputs_for(inputs.model, inputs.dataset)
+    if own is not None:
+        x_train, y_train, x_test, y_test, num_classes = own
+    else:
+        arrays, x_train, x_test = model_inputs(inputs.dataset.arrays_blob)
+        y_train, y_test = torch.from_numpy(arrays.y_train), torch.from_numpy(arrays.y_test)
+        num_classes = arrays.num_classes
     forget = torch.tensor(sorted(inputs.job.forget_rows), dtype=torch.long)
     excluded = torch.zeros(len(x_train), dtype=torch.bool)
     excluded[forget] = True
     if inputs.previously_forgotten:
         excluded[torch.tensor(inputs.previously_forgotten, dtype=torch.long)] = True
     return UnlearningData(
-        x_train=x_train, y_train=torch.from_numpy(arrays.y_train), x_test=x_test,
-        y_test=torch.from_numpy(arrays.y_test), forget_idx=forget,
-        retain_idx=torch.nonzero(~excluded).flatten(), num_classes=arrays.num_classes,
+        x_train=x_train, y_train=y_train, x_test=x_test,
+        y_test=y_test, forget_idx=forget,
+        retain_idx=torch.nonzero(~excluded).flatten(), num_classes=num_classes,
         forget_classes=inputs.job.forget_classes)
 
 

@@ -9,6 +9,7 @@ from app.core.storage import get_blob_store
 from app.datasets.erasure import erase_everything_due, erase_forgotten
 from app.deletion_requests.service import announce_overdue
 from app.models.service import purge_withdrawn
+from worker.model_inputs import drop_stale_tokenized
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ def after_completion(dataset_id: str) -> None:
         with new_session() as db:
             purge_withdrawn(db, get_blob_store())
         erase_forgotten(dataset_id)
+        drop_stale_tokenized()  # the erased texts' token ids go with their old blob
     except Exception:  # noqa: BLE001
         log.exception("post-completion upkeep failed; the periodic pass will retry")
 
@@ -30,5 +32,6 @@ def periodic_upkeep() -> None:
     with new_session() as db:
         purge_withdrawn(db, get_blob_store())
     erase_everything_due()
+    drop_stale_tokenized()
     with new_session() as db:
         announce_overdue(db)

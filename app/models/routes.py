@@ -46,18 +46,30 @@ def create_model(
                                        "`retrain` reuses; default: the one recorded in the "
                                        "weights (a contradiction is 422)."),
     tags: str | None = Form(None, description="JSON object of the model's tags (strings)."),
+    config: UploadFile | None = File(None, description="Hugging Face classifiers: the model's "
+                                     "config.json (transformers' own model_type; at most "
+                                     "256 KiB)."),
+    tokenizer: UploadFile | None = File(None, description="hf-text-classifier: its "
+                                        "tokenizer.json (at most 32 MiB)."),
+    tokenizer_config: UploadFile | None = File(None, description="hf-text-classifier: its "
+                                               "tokenizer_config.json, if any."),
+    preprocessor_config: UploadFile | None = File(None, description="hf-image-classifier: its "
+                                                  "preprocessor_config.json, if any (its "
+                                                  "image_mean and image_std normalise inputs)."),
     key: str | None = Depends(idempotency_key),
     db: Session = Depends(get_db),
     principal: Principal = Depends(current_principal),
 ):
     data = weights.file.read()
-    config = service.parse_json_field("architecture_config", architecture_config)
+    files = service.read_hf_files(config, tokenizer, tokenizer_config, preprocessor_config)
+    form_config = service.parse_json_field("architecture_config", architecture_config)
     recipe_in = service.parse_json_field("training_config", training_config)
     tag_values = labels.check_tags(service.parse_json_field("tags", tags))
     idem = Idempotency(db, principal.tenant_id, key, fingerprint(
         {"name": name, "architecture": architecture, "dataset_id": dataset_id,
-         "architecture_config": config, "training_config": recipe_in,
-         "weights": sha256_bytes(data), "tags": tag_values}))
+         "architecture_config": form_config, "training_config": recipe_in,
+         "weights": sha256_bytes(data), "tags": tag_values}
+        | ({"files": files.fingerprint()} if files.given() else {})))
     if replay := idem.replay():
         return replay
     dataset = _dataset_field(db, principal, dataset_id)
@@ -65,25 +77,32 @@ def create_model(
     # says nothing, and a form that contradicts it is refused rather than stored.
     recorded = recorded_metadata(data)
     architecture = service.registered_architecture(architecture, recorded)
-    config = service.agreed(
-        "architecture_config", config if _given(architecture_config) else None,
+    given_config = service.with_hf_files(architecture, form_config, files)
+    resolved = service.agreed(
+        "architecture_config",
+        given_config if _given(architecture_config) or files.given() else None,
         recorded.get("architecture_config"),
         lambda value: service.resolve_architecture(architecture, value, dataset))
     recipe = service.agreed("training_config", recipe_in if _given(training_config) else None,
-                            recorded.get("training_config"), service.resolve_recipe)
-    service.check_weights(architecture, config, data)
+                            recorded.get("training_config"),
+                            lambda value: service.resolve_recipe(value, architecture))
     store = get_blob_store()
-    blob = store.put_bytes(data)
+    service.check_hf_model(architecture, resolved, dataset, files, store)
+    service.check_weights(architecture, resolved, data)
+    blobs = [store.put_bytes(data)]
+    if files.tokenizer is not None:
+        blobs.append(store.put_bytes(files.tokenizer))
     try:
         model = service.insert_model(db, principal, name=name, architecture=architecture,
-                                     config=config, recipe=recipe, dataset=dataset, weights=blob,
-                                     tags=tag_values)
+                                     config=resolved, recipe=recipe, dataset=dataset,
+                                     weights=blobs[0], tags=tag_values)
     except BaseException:
         db.rollback()
-        service.discard_blob(store, blob)
+        for blob in blobs:
+            service.discard_blob(store, blob)
         raise
     return idem.commit(201, ModelOut.of(model, tag_values), f"/v1/models/{model.id}",
-                       on_rollback=lambda: service.discard_blob(store, blob))
+                       on_rollback=lambda: [service.discard_blob(store, b) for b in blobs])
 
 
 def _given(text: str | None) -> bool:

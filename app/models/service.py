@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -16,13 +17,20 @@ from app.core.db import utcnow
 from app.core.errors import Problem, invalid, not_found
 from app.core.ids import new_id
 from app.core.pagination import PageParams
-from app.core.storage import BlobStore, StoredBlob
+from app.core.storage import BlobStore, StoredBlob, sha256_bytes
 from app.datasets.tables import Dataset
 from app.models.labels import MODEL_TAG, move_aliases, parse_filters, tag_conditions
 from app.models.tables import Model, ModelTag, ModelVersion
 from app.models.weights import check_against, parse_weights
 from app.tenants.service import Principal
 from worker.engine.architectures import ARCHITECTURES
+from worker.engine.architectures.huggingface import (
+    MAX_PARAMETERS,
+    HFConfigError,
+    check_label_names,
+    meta_model,
+)
+from worker.engine.data.tokenized import TokenizerError, load_tokenizer
 from worker.engine.registry import UnknownEntryError
 from worker.engine.training import TrainingRecipe
 
@@ -65,9 +73,14 @@ def resolve_architecture(name: str, config: dict[str, Any], dataset: Dataset) ->
     return validated.model_dump(mode="json")
 
 
-def resolve_recipe(config: dict[str, Any]) -> dict[str, Any]:
+def resolve_recipe(config: dict[str, Any], architecture: str | None = None) -> dict[str, Any]:
+    """The training recipe ``retrain`` and ``finetune`` reuse: the architecture's defaults
+    (transformers' usual recipe for the Hugging Face ones), then the fields given."""
+    defaults = {}
+    if architecture is not None and architecture in ARCHITECTURES:
+        defaults = dict(ARCHITECTURES.get(architecture).default_recipe or {})
     try:
-        return TrainingRecipe.model_validate(config).model_dump(mode="json")
+        return TrainingRecipe.model_validate(defaults | config).model_dump(mode="json")
     except ValidationError as exc:
         raise validation_problem("training_config", exc) from None
 
@@ -115,7 +128,145 @@ def agreed(field: str, given: dict[str, Any] | None, noted: dict[str, Any] | Non
 
 def check_weights(architecture: str, config: dict[str, Any], data: bytes) -> None:
     tensors = parse_weights(data)
+    if is_hf(architecture):
+        # Names, shapes and dtypes from a model on the meta device: a config is never given
+        # real memory before its weights have matched it.
+        family = "text" if architecture == HF_TEXT else "image"
+        try:
+            model = meta_model(config["hf_config"], family)
+            count = sum(p.numel() for p in model.parameters())
+        except Exception as exc:  # noqa: BLE001 - transformers rejects a config many ways
+            raise invalid(f"architecture_config.hf_config: transformers cannot build it "
+                          f"({type(exc).__name__}: {exc})") from None
+        if count > MAX_PARAMETERS:
+            raise invalid(f"architecture_config.hf_config: builds {count:,} parameters; at "
+                          f"most {MAX_PARAMETERS:,}")
+        check_against(model, tensors)
+        return
     check_against(ARCHITECTURES.get(architecture).build(config), tensors)
+
+
+# --- Hugging Face classifiers: their config, tokenizer and preprocessor files ---------------
+
+HF_IMAGE, HF_TEXT = "hf-image-classifier", "hf-text-classifier"
+# config.json, tokenizer_config.json and preprocessor_config.json of real models are a few
+# KiB; tokenizer.json a few MiB (bert-base-uncased: 466 KiB, XLM-R: 17 MiB).
+MAX_JSON_FILE_BYTES = 256 << 10
+MAX_TOKENIZER_BYTES = 32 << 20
+
+
+def is_hf(architecture: str) -> bool:
+    return architecture in (HF_IMAGE, HF_TEXT)
+
+
+@dataclass
+class HFFiles:
+    """The files a Hugging Face classifier is registered with, read and size-checked."""
+
+    config: dict[str, Any] | None = None
+    tokenizer: bytes | None = None
+    tokenizer_config: dict[str, Any] | None = None
+    preprocessor: dict[str, Any] | None = None
+
+    def given(self) -> bool:
+        return any(v is not None for v in (self.config, self.tokenizer, self.tokenizer_config,
+                                           self.preprocessor))
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"config": self.config, "tokenizer_config": self.tokenizer_config,
+                "preprocessor": self.preprocessor,
+                "tokenizer": sha256_bytes(self.tokenizer) if self.tokenizer else None}
+
+
+def read_capped(field: str, upload, limit: int) -> bytes | None:
+    """An optional uploaded file's bytes; 422 past ``limit`` (read no further than that)."""
+    if upload is None:
+        return None
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise invalid(f"{field}: larger than {limit:,} bytes",
+                      errors=[{"field": field, "message": f"at most {limit} bytes"}])
+    return data
+
+
+def read_json_file(field: str, upload) -> dict[str, Any] | None:
+    data = read_capped(field, upload, MAX_JSON_FILE_BYTES)
+    if data is None:
+        return None
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise invalid(f"{field}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise invalid(f"{field}: must be a JSON object")
+    return value
+
+
+def read_hf_files(config, tokenizer, tokenizer_config, preprocessor) -> HFFiles:
+    return HFFiles(config=read_json_file("config", config),
+                   tokenizer=read_capped("tokenizer", tokenizer, MAX_TOKENIZER_BYTES),
+                   tokenizer_config=read_json_file("tokenizer_config", tokenizer_config),
+                   preprocessor=read_json_file("preprocessor_config", preprocessor))
+
+
+def with_hf_files(architecture: str, config: dict[str, Any], files: HFFiles) -> dict[str, Any]:
+    """``architecture_config`` with the uploaded files in place: config.json as
+    ``hf_config``, the tokenizer by its sha256, its config and the preprocessor's."""
+    if not files.given():
+        return config
+    if not is_hf(architecture):
+        raise invalid(f"config, tokenizer, tokenizer_config, preprocessor_config: only for "
+                      f"{HF_IMAGE} and {HF_TEXT}, not {architecture!r}")
+    out = dict(config)
+    if files.config is not None:
+        out["hf_config"] = files.config
+    if architecture == HF_TEXT:
+        if files.preprocessor is not None:
+            raise invalid("preprocessor_config: for image classifiers only")
+        if files.tokenizer is not None:
+            out["tokenizer_sha256"] = sha256_bytes(files.tokenizer)
+        elif "tokenizer_sha256" not in out:
+            raise invalid("tokenizer: required (the model's tokenizer.json)",
+                          errors=[{"field": "tokenizer", "message": "file required"}])
+        if files.tokenizer_config is not None:
+            out["tokenizer_config"] = files.tokenizer_config
+    else:
+        if files.tokenizer is not None or files.tokenizer_config is not None:
+            raise invalid("tokenizer, tokenizer_config: for text classifiers only")
+        if files.preprocessor is not None:
+            out["preprocessor"] = files.preprocessor
+    return out
+
+
+def check_hf_model(architecture: str, config: dict[str, Any], dataset: Dataset,
+                   files: HFFiles, store: BlobStore) -> None:
+    """What a config alone cannot say: label names against the dataset's classes, and for
+    text a tokenizer that this service can read and whose ids fit the model's vocabulary."""
+    if not is_hf(architecture):
+        return
+    hf_config = config["hf_config"]
+    try:
+        check_label_names(hf_config, list(dataset.classes))
+    except HFConfigError as exc:
+        raise invalid(f"architecture_config.hf_config.{exc}") from None
+    if architecture != HF_TEXT:
+        return
+    tokenizer = files.tokenizer
+    if tokenizer is None:
+        if not store.exists(config["tokenizer_sha256"]):
+            raise invalid("tokenizer: required (the model's tokenizer.json)",
+                          errors=[{"field": "tokenizer", "message": "file required"}])
+        tokenizer = store.path(config["tokenizer_sha256"]).read_bytes()
+    elif sha256_bytes(tokenizer) != config["tokenizer_sha256"]:
+        raise invalid("architecture_config.tokenizer_sha256: is not the uploaded tokenizer's")
+    try:
+        loaded = load_tokenizer(tokenizer, config.get("tokenizer_config"), config["max_length"])
+    except TokenizerError as exc:
+        raise invalid(str(exc)) from None
+    vocab = hf_config.get("vocab_size")
+    if isinstance(vocab, int) and loaded.get_vocab_size(with_added_tokens=True) > vocab:
+        raise invalid(f"tokenizer: {loaded.get_vocab_size(with_added_tokens=True)} tokens, "
+                      f"more than the model's vocab_size {vocab}")
 
 
 def insert_model(db: Session, principal: Principal, *, name: str, architecture: str,
@@ -203,6 +354,12 @@ def withdraw_superseded(db: Session, model: Model, forgetting_version: int) -> l
     return [v.version for v in withdrawn]
 
 
+def model_blobs(model: Model) -> set[str]:
+    """Blobs the model itself holds, beside its versions': a text classifier's tokenizer."""
+    tokenizer = (model.architecture_config or {}).get("tokenizer_sha256")
+    return {tokenizer} if model.architecture == HF_TEXT and tokenizer else set()
+
+
 def version_blobs(version: ModelVersion) -> set[str]:
     return {version.sha256, *version.artifacts.values()}
 
@@ -246,7 +403,7 @@ def delete_model(db: Session, principal: Principal, model: Model) -> set[str]:
                       f"({', '.join(busy[:5])}); cancel them or wait for them to finish",
                       slug="model-busy", jobs=busy)
     versions = list(db.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)))
-    blobs: set[str] = set()
+    blobs: set[str] = model_blobs(model)
     for version in versions:
         if version.purged_at is None:
             blobs |= version_blobs(version)
@@ -254,6 +411,9 @@ def delete_model(db: Session, principal: Principal, model: Model) -> set[str]:
     for version in db.scalars(select(ModelVersion).where(ModelVersion.model_id != model.id,
                                                          ModelVersion.purged_at.is_(None))):
         still_used |= version_blobs(version)
+    for other in db.scalars(select(Model).where(Model.id != model.id,
+                                               Model.architecture == HF_TEXT)):
+        still_used |= model_blobs(other)
     doomed = blobs - still_used
     audit.record(db, "model.deleted", "model", model.id, tenant_id=principal.tenant_id,
                  actor=principal.key_id,

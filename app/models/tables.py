@@ -83,3 +83,18 @@ class ModelTag(Base):
     version: Mapped[int] = mapped_column(default=0)  # 0: the model's own tag
     key: Mapped[str] = mapped_column(String(100))
     value: Mapped[str] = mapped_column(String(1000))
+
+
+class TokenizedInputs(Base):
+    """A text dataset blob tokenized by one tokenizer: the safetensors blob of its token ids
+    and attention masks (``worker/engine/data/tokenized.py``), made once, read by every job.
+    Keyed by the dataset blob (content addressed: an erasure makes a new one, and the old
+    key's cache is deleted with it) and the tokenizer's digest."""
+
+    __tablename__ = "tokenized_inputs"
+
+    source_blob: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokenizer_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

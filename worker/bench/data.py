@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from sklearn.model_selection import train_test_split
 from worker.bench import BenchConfigError
 from worker.bench.presets import CIFAR10, DIGITS, SYNTHETIC, DatasetSpec, cifar10_archive
 from worker.engine.data.arrays import DatasetArrays
-from worker.engine.data.formats import export_digits, load_dataset_file
+from worker.engine.data.formats import TableColumns, export_digits, load_dataset_file
+from worker.engine.data.text import TextDataset, TextRows, is_text_dataset
 
 SUBSET_SEED = 0  # the same subset for every bench seed, so seeds vary only the training run
 VALIDATION_FRACTION = 0.1
@@ -36,6 +38,9 @@ class BenchData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     test_split: str = "test"  # "validation" when tuning carves it from the training data
+    # What the data fixes of the model's config: a text classifier's tokenizer (its
+    # tokenizer_sha256, tokenizer_config and max_length), which made the token inputs.
+    model_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -47,14 +52,58 @@ class BenchData:
                 "num_classes": self.num_classes, "input_shape": list(self.input_shape)}
 
 
-def load_bench_data(spec: DatasetSpec, cache_dir: Path) -> BenchData:
+def load_bench_data(spec: DatasetSpec, cache_dir: Path,
+                    architecture_config: dict[str, Any] | None = None) -> BenchData:
+    """The preset's data as model inputs: a text table's tokenized for the text classifier
+    ``architecture_config`` describes, anything else as its arrays."""
+    path = source_file(spec.source, cache_dir)
+    stored = decoded_path(path, cache_dir, spec.columns)
+    if is_text_dataset(stored):
+        return text_bench_data(stored, spec, path.name, architecture_config)
     return to_bench_data(*load_subset_arrays(spec, cache_dir))
 
 
 def load_subset_arrays(spec: DatasetSpec, cache_dir: Path) -> tuple[DatasetArrays, str]:
     """The preset's subset of the source's arrays, and the source file's name."""
     path = source_file(spec.source, cache_dir)
-    return subset(decoded_arrays(path, cache_dir), spec.train_size, spec.test_size), path.name
+    return (subset(decoded_arrays(path, cache_dir, spec.columns), spec.train_size,
+                   spec.test_size), path.name)
+
+
+def text_bench_data(stored: Path, spec: DatasetSpec, name: str,
+                    architecture_config: dict[str, Any] | None) -> BenchData:
+    """A decoded text table as a text classifier's inputs: tokenized as ``lethe train``
+    tokenizes (``spec.tokenizer``, else a word-level tokenizer built from every training
+    text of the file), then cut to the preset's stratified subsets."""
+    from worker.engine.architectures.huggingface import with_labels
+    from worker.engine.hf_files import tokenized_text
+
+    if not architecture_config or "hf_config" not in architecture_config:
+        raise BenchConfigError(f"{name} is a text dataset: it needs a text classifier "
+                               "(--architecture hf-text-classifier --config config.json)")
+    with TextRows.open(stored) as rows:
+        classes = [str(c) for c in rows.classes]
+        given = {**architecture_config,
+                 "hf_config": with_labels(architecture_config["hf_config"], classes)}
+        try:
+            config, _, (x_train, y_train, x_test, y_test) = tokenized_text(
+                rows, given, None, None if spec.tokenizer is None else Path(spec.tokenizer))
+        except ValueError as exc:  # a config or tokenizer this data cannot use
+            raise BenchConfigError(f"{name}: {exc}") from None
+    train_rows = torch.from_numpy(_stratified_rows(y_train.numpy(), spec.train_size))
+    test_rows = torch.from_numpy(_stratified_rows(y_test.numpy(), spec.test_size))
+    x_train, y_train = x_train[train_rows], y_train[train_rows].clone()
+    x_test, y_test = x_test[test_rows], y_test[test_rows].clone()
+    digest = hashlib.sha256()
+    for tensor in (*x_train.values(), y_train, *x_test.values(), y_test):
+        digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return BenchData(
+        name=name, sha256=digest.hexdigest(), classes=classes, input_shape=(),
+        x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+        model_config={"tokenizer_sha256": config.tokenizer_sha256,
+                      "tokenizer_config": config.tokenizer_config,
+                      "max_length": config.max_length})
 
 
 def load_validation_arrays(spec: DatasetSpec, cache_dir: Path, how: str
@@ -109,17 +158,34 @@ def export_synthetic(path: Path) -> dict[str, Any]:
             "num_classes": 8, "input_shape": [20]}
 
 
-def decoded_arrays(path: Path, cache_dir: Path) -> DatasetArrays:
+def decoded_arrays(path: Path, cache_dir: Path,
+                   columns: TableColumns | None = None) -> DatasetArrays:
     """The file's arrays; decoding JPEG archives takes minutes, so keep them by file digest."""
-    cached = cache_dir / "datasets" / f"{file_sha256(path)}.safetensors"
+    cached = decoded_path(path, cache_dir, columns)
+    if is_text_dataset(cached):
+        raise BenchConfigError(f"{path.name} is a text dataset: it needs a text classifier "
+                               "(--architecture hf-text-classifier --config config.json)")
+    return DatasetArrays.load(cached)
+
+
+def decoded_path(path: Path, cache_dir: Path, columns: TableColumns | None = None) -> Path:
+    """The file decoded into the cache (arrays, or a text dataset's stored texts), kept by
+    the file's digest and the table columns it was read with."""
+    read_as = "" if columns is None else "-" + hashlib.sha256(
+        json.dumps(asdict(columns), sort_keys=True).encode()).hexdigest()[:16]
+    cached = cache_dir / "datasets" / f"{file_sha256(path)}{read_as}.safetensors"
     if cached.is_file():
-        return DatasetArrays.load(cached)
-    arrays = load_dataset_file(path, path.name)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.tmp")
-    arrays.save(partial)
-    partial.replace(cached)  # atomic: a concurrent run never reads half a file
-    return arrays
+        return cached
+    decoded = load_dataset_file(path, path.name, columns=columns)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        decoded.save(partial)
+        partial.replace(cached)  # atomic: a concurrent run never reads half a file
+    finally:
+        if isinstance(decoded, TextDataset):
+            decoded.close()  # its texts' spill files
+    return cached
 
 
 def subset(arrays: DatasetArrays, train_size: int | None,

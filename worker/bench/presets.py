@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.bench import BenchConfigError
+from worker.engine.data.tables import TableColumns
 from worker.engine.training import TrainingRecipe
 
 SCENARIOS = ("random-10", "class")
@@ -17,6 +18,7 @@ DIGITS = "digits"  # scikit-learn's bundled digits, exported to an upload-format
 SYNTHETIC = "synthetic"  # a fixed make_classification table, exported likewise (bench/data.py)
 CIFAR10 = "cifar10"  # the CIFAR-10 ImageFolder archive, located by cifar10_archive()
 CIFAR10_FILE = "cifar10-jpeg.tar.gz"
+BUILT_IN_SOURCES = (DIGITS, SYNTHETIC, CIFAR10)  # sources named rather than given as a file
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class DatasetSpec:
     source: str
     train_size: int | None = None
     test_size: int | None = None
+    # How a table is read (None: a label column, every other a feature), and for a text
+    # classifier the tokenizer.json to tokenize with (None: a word-level one built from the
+    # training texts, as ``lethe train`` builds it).
+    columns: TableColumns | None = None
+    tokenizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,11 @@ class Preset:
     # of magnitude faster on one thread than on two busy cores, where threads wait on each other.
     torch_threads: int | None = None
 
-    def with_dataset(self, path: Path) -> Preset:
-        return replace(self, dataset=replace(self.dataset, source=str(path)))
+    def with_dataset(self, path: Path, columns: TableColumns | None = None,
+                     tokenizer: Path | None = None) -> Preset:
+        return replace(self, dataset=replace(
+            self.dataset, source=str(path), columns=columns,
+            tokenizer=None if tokenizer is None else str(tokenizer)))
 
     def params_for(self, method: str) -> dict[str, Any]:
         return dict(self.method_params.get(method, {}))

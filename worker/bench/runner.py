@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from worker.bench import BenchConfigError
 from worker.bench.cache import ModelCache, original_key
 from worker.bench.data import BenchData, load_bench_data
 from worker.bench.presets import (
+    BUILT_IN_SOURCES,
     SCENARIOS,
     Preset,
     PresetSuite,
@@ -38,7 +39,9 @@ from worker.bench.scoring import (
     percent_scores,
     summarise,
 )
-from worker.engine.architectures import Classifier, build_model
+from worker.engine.architectures import ARCHITECTURES, Classifier, build_model
+from worker.engine.architectures.huggingface import with_labels
+from worker.engine.data.tables import TableColumns
 from worker.engine.device import pick_device
 from worker.engine.gate import Gate, GateThresholds
 from worker.engine.methods import METHODS, ProgressFn, UnlearningData, UnlearningTask
@@ -87,12 +90,21 @@ def run_bench(preset: str = "smoke", out: Path = Path("bench-out"), *,
               methods: list[str] | None = None, scenarios: list[str] | None = None,
               seeds: list[int] | None = None, dataset: Path | None = None,
               cache_dir: Path | None = None, show_progress: bool = True,
-              workers: int = 1) -> BenchOutput:
+              workers: int = 1, architecture: str | None = None,
+              architecture_config: dict[str, Any] | None = None,
+              columns: TableColumns | None = None, tokenizer: Path | None = None,
+              recipe: dict[str, Any] | None = None) -> BenchOutput:
     """Run the preset (or the part of it the options select) and write the report to ``out``.
     A suite (e.g. ``zoo``) runs the same selection on each of its pairs, ``workers`` of them
     at once in processes of their own (every time and speed-up is still measured within one
-    pair's process, so the ratios compare; absolute seconds grow with the contention)."""
-    suite = resolve_suite(preset, dataset)
+    pair's process, so the ratios compare; absolute seconds grow with the contention).
+    ``columns`` say how a table ``dataset`` is read; a text table runs on a text classifier
+    (``hf-text-classifier``), tokenized by ``tokenizer`` (a tokenizer.json) or, without one,
+    by a word-level tokenizer built from its training texts, as ``lethe train`` does.
+    ``recipe`` overrides fields of every pair's training recipe (a model trained from its
+    config alone wants a higher learning rate than a fine-tuning one)."""
+    suite = with_recipe(with_architecture(resolve_suite(preset, dataset, columns, tokenizer),
+                                          architecture, architecture_config), recipe)
     # Every pair's plan first: a bad option fails before the first pair's hours of training.
     plans = [PairPlan(pair, plan_contenders(pair, methods), plan_scenarios(pair, scenarios),
                       plan_seeds(pair, seeds)) for pair in suite.pairs]
@@ -117,7 +129,7 @@ class PairPlan:
 def run_pair(plan: PairPlan, cache_dir: Path, show_progress: bool) -> dict[str, Any]:
     """One dataset and architecture: every contender over the seeds and scenarios."""
     started = time.perf_counter()
-    data = load_bench_data(plan.preset.dataset, cache_dir)
+    data = load_bench_data(plan.preset.dataset, cache_dir, dict(plan.preset.architecture_config))
     runner = BenchRunner(plan.preset, data, ModelCache(cache_dir))
     trials = runner.run(plan.contenders, plan.scenarios, plan.seeds, show_progress)
     results = runner.results(trials, plan.scenarios, plan.seeds)
@@ -146,14 +158,69 @@ def suite_results(suite: PresetSuite, pair_results: list[dict[str, Any]]) -> dic
             "created": first["created"], "rows": rows, "gate": gate_pass_rates(rows)}
 
 
-def resolve_suite(name: str, dataset: Path | None) -> PresetSuite:
+def resolve_suite(name: str, dataset: Path | None, columns: TableColumns | None = None,
+                  tokenizer: Path | None = None) -> PresetSuite:
     suite = get_suite(name)
     if dataset is None:
+        if columns is not None or tokenizer is not None:
+            raise BenchConfigError("the table columns and --tokenizer go with --dataset")
         return suite
     if len(suite.pairs) > 1:
         raise BenchConfigError(f"--dataset replaces one preset's data; {name!r} has "
                                f"{len(suite.pairs)} pairs, each with its own")
-    return PresetSuite(suite.name, suite.description, (suite.pairs[0].with_dataset(dataset),))
+    return PresetSuite(suite.name, suite.description,
+                       (suite.pairs[0].with_dataset(dataset, columns, tokenizer),))
+
+
+def with_architecture(suite: PresetSuite, architecture: str | None,
+                      config: dict[str, Any] | None) -> PresetSuite:
+    """The suite with every pair's architecture replaced (``--architecture``): its config as
+    given, its recipe the preset's with the architecture's own defaults (a transformer's
+    AdamW) over it; or a BenchConfigError saying what is missing."""
+    if architecture is None:
+        if config:
+            raise BenchConfigError("--architecture-config goes with --architecture")
+        if any(pair.dataset.tokenizer is not None for pair in suite.pairs):
+            raise BenchConfigError("--tokenizer goes with a text classifier "
+                                   "(--architecture hf-text-classifier)")
+        return suite
+    if architecture not in ARCHITECTURES:
+        raise BenchConfigError(f"unknown architecture {architecture!r}; known: "
+                               f"{', '.join(ARCHITECTURES.names())}")
+    entry = ARCHITECTURES.get(architecture)
+    config = dict(config or {})
+    if "hf_config" in entry.config_model.model_fields and "hf_config" not in config:
+        raise BenchConfigError(f"{architecture} needs --architecture-config with hf_config, "
+                               "the model's config.json (its labels are set to the data's)")
+    text = "tokenizer_sha256" in entry.config_model.model_fields
+    for pair in suite.pairs:
+        if text and pair.dataset.source in BUILT_IN_SOURCES:
+            raise BenchConfigError(f"{architecture} needs --dataset: a text table (CSV, JSON "
+                                   "Lines or Parquet) and its --text-column; the preset's "
+                                   f"{pair.dataset.source} is not text")
+        if not text and pair.dataset.tokenizer is not None:
+            raise BenchConfigError("--tokenizer goes with a text classifier "
+                                   "(--architecture hf-text-classifier)")
+    # The tokenizer's fields come from the data (bench/data.py), as lethe train sets them.
+    defaults = {k: v for k, v in (entry.default_recipe or {}).items()
+                if k not in ("epochs", "batch_size")} | ({"augment": False} if text else {})
+    pairs = tuple(replace(pair, architecture=architecture, architecture_config=config,
+                          recipe=TrainingRecipe.model_validate(
+                              pair.recipe.model_dump() | defaults))
+                  for pair in suite.pairs)
+    return PresetSuite(suite.name, suite.description, pairs)
+
+
+def with_recipe(suite: PresetSuite, recipe: dict[str, Any] | None) -> PresetSuite:
+    """The suite with ``recipe``'s fields over every pair's training recipe."""
+    if not recipe:
+        return suite
+    try:
+        pairs = tuple(replace(pair, recipe=TrainingRecipe.model_validate(
+            pair.recipe.model_dump() | recipe)) for pair in suite.pairs)
+    except ValueError as exc:
+        raise BenchConfigError(f"--training-config: {exc}") from None
+    return PresetSuite(suite.name, suite.description, pairs)
 
 
 def plan_contenders(preset: Preset, methods: list[str] | None) -> list[Contender]:
@@ -215,7 +282,9 @@ class BenchRunner:
         self.preset, self.data, self.cache = preset, data, cache
         self.device = device or pick_device()
         self.config = {"num_classes": data.num_classes, "input_shape": data.input_shape,
-                       **preset.architecture_config}
+                       **preset.architecture_config, **data.model_config}
+        if "hf_config" in self.config:  # a Hugging Face config's labels are the data's classes
+            self.config["hf_config"] = with_labels(self.config["hf_config"], data.classes)
         self.originals: list[dict[str, Any]] = []
         self.progress = BenchProgress(0, enabled=False)
         self._gates: dict[tuple[int, str], Gate] = {}  # per (seed, scenario)

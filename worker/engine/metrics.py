@@ -20,6 +20,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 
+from worker.engine.architectures._base import output_classes
+
 if TYPE_CHECKING:  # importing at run time would be circular (methods -> training -> metrics)
     from worker.engine.methods import UnlearningData
 
@@ -46,7 +48,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device,
     """Logits for every row of ``x`` as float32 on the CPU; moves ``model`` to ``device``."""
     model.to(device)
     if len(x) == 0:
-        return torch.empty(0, model.classifier.out_features)
+        return torch.empty(0, output_classes(model))
     with _eval_mode(model), torch.inference_mode():
         batches = [model(x[start:start + batch_size].to(device)).float().cpu()
                    for start in range(0, len(x), batch_size)]

@@ -1,13 +1,18 @@
-"""A tiny name -> entry registry, filled by decorators in one module per entry (timm style)."""
+"""A tiny name -> entry registry, filled by decorators in one module per entry (timm style),
+and by installed plugins: the modules an entry-point group names register the same way."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class UnknownEntryError(KeyError):
@@ -20,11 +25,16 @@ class UnknownEntryError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, package: str):
+    def __init__(self, kind: str, package: str, entry_point_group: str | None = None):
         self.kind = kind
         self._package = package
+        self._group = entry_point_group
         self._entries: dict[str, T] = {}
         self._loaded = False
+        # Plugins that failed to load: entry point name -> the error, logged and skipped.
+        self.failed_plugins: dict[str, str] = {}
+        # Entry name -> the distribution of the plugin that registered it.
+        self.plugin_of: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorate(entry: T) -> T:
@@ -45,6 +55,28 @@ class Registry(Generic[T]):
             if not info.name.startswith("_"):
                 importlib.import_module(f"{self._package}.{info.name}")
         self._loaded = True
+        if self._group:
+            self._load_plugins(self._group)
+
+    def _load_plugins(self, group: str) -> None:
+        """Import every module the installed entry points of ``group`` name: each registers
+        its entries with the same decorator as a built-in. A plugin that raises (an import
+        error, a name registered twice) is logged and skipped, with anything it registered
+        before failing taken back: one broken package never takes the registry down."""
+        for point in importlib.metadata.entry_points(group=group):
+            before = set(self._entries)
+            try:
+                point.load()
+            except Exception as exc:  # noqa: BLE001 - any failure of foreign code is skipped
+                for name in set(self._entries) - before:
+                    del self._entries[name]
+                self.failed_plugins[point.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("%s plugin %r (%s) failed to load and is skipped: %s", self.kind,
+                            point.name, point.value, self.failed_plugins[point.name])
+                continue
+            distribution = getattr(point.dist, "name", None) or point.value
+            for name in set(self._entries) - before:
+                self.plugin_of[name] = distribution
 
     def get(self, name: str) -> T:
         self._load()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,11 +30,16 @@ class TrainingRecipe(BaseModel):
 
     epochs: int = Field(30, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=8192)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="adamw (decoupled weight decay) is the usual one for transformers.")
     lr: float = Field(0.05, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=1)
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "linear"] = Field(
+        "cosine", description="cosine to 0, constant, or linear to 0 (transformers' default).")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Share of the steps over which the rate rises linearly "
+                                     "from 0 first (transformers' recipes: 0.1).")
     augment: bool = Field(False, description="Random crop (pad 4) and horizontal flip of images.")
     seed: int = Field(0, ge=0)
 
@@ -98,14 +104,32 @@ def make_optimizer(params, recipe: TrainingRecipe,
     lr = recipe.lr if lr is None else lr
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum,
                            weight_decay=recipe.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainingRecipe, total_steps: int):
-    if recipe.schedule == "cosine":
+    warmup = round(recipe.warmup_ratio * total_steps)
+    if recipe.schedule == "cosine" and not warmup:
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    if recipe.schedule == "constant" and not warmup:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _warmed_factor(step, warmup, total_steps, recipe.schedule))
+
+
+def _warmed_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then the schedule over the rest."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    done = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - done)
+    return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
 
 def train(

@@ -81,6 +81,11 @@ def _json_field(value: dict[str, Any] | BaseModel | str | None) -> str | None:
     return json.dumps(value)
 
 
+# The files of a Hugging Face model folder that registration takes, by form field.
+HF_FILES = {"config": "config.json", "tokenizer": "tokenizer.json",
+            "tokenizer_config": "tokenizer_config.json",
+            "preprocessor_config": "preprocessor_config.json"}
+
 class _Resource:
     def __init__(self, client: Client):
         self._client = client
@@ -159,16 +164,32 @@ class Models(_Resource):
                  tags: dict[str, str] | None = None,
                  idempotency_key: str | None = None) -> Model:
         """Register safetensors weights trained on ``dataset``. What ``lethe train`` recorded
-        in the file (architecture and both configs) is used for what is not given here."""
+        in the file (architecture and both configs) is used for what is not given here.
+
+        ``weights`` may be a Hugging Face model folder (``model.safetensors`` beside
+        ``config.json``, and ``tokenizer.json``, ``tokenizer_config.json`` or
+        ``preprocessor_config.json`` when there): every file found is uploaded with it."""
         path = Path(weights)
+        extra: dict[str, Path] = {}
+        if path.is_dir():
+            folder, path = path, path / "model.safetensors"
+            extra = {field: folder / filename for field, filename in HF_FILES.items()
+                     if (folder / filename).is_file()}
+            name = name or folder.name
         form = {"name": name or path.stem, "dataset_id": self._client.datasets.resolve(dataset),
                 "architecture": architecture,
                 "architecture_config": _json_field(architecture_config),
                 "training_config": _json_field(training_config), "tags": _json_field(tags)}
+
+        def files() -> dict:
+            opened = {"weights": (path.name, open(path, "rb"))}  # noqa: SIM115
+            opened |= {field: (file.name, open(file, "rb"))  # noqa: SIM115
+                       for field, file in extra.items()}
+            return opened
+
         data = self._t.json(
             "POST", "/v1/models", data={k: v for k, v in form.items() if v is not None},
-            files=lambda: {"weights": (path.name, open(path, "rb"))},  # noqa: SIM115
-            idempotency_key=idempotency_key)
+            files=files, idempotency_key=idempotency_key)
         return Model.model_validate(data)
 
     def resolve(self, ref: str | Model) -> str:

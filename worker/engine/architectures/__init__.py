@@ -6,6 +6,8 @@ from worker.engine.architectures._base import (
     ArchitectureConfig,
     Classifier,
     build_model,
+    classification_head,
+    output_classes,
     register_architecture,
 )
 
@@ -15,5 +17,7 @@ __all__ = [
     "ArchitectureConfig",
     "Classifier",
     "build_model",
+    "classification_head",
+    "output_classes",
     "register_architecture",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,12 +39,37 @@ class Classifier(nn.Module):
         return self.classifier(self.features(x))
 
 
+def classification_head(model: nn.Module) -> nn.Linear:
+    """The final classification layer, found generically: ``model.classifier`` when it is a
+    linear layer (every built-in, and most Hugging Face classifiers), else the last linear
+    layer registered under ``model.classifier`` (RoBERTa's head: dense, then out_proj), else
+    the last linear layer of the model. Its input is the penultimate representation; its
+    outputs are the logits."""
+    head = getattr(model, "classifier", None)
+    if isinstance(head, nn.Linear):
+        return head
+    for scope in (head, model):
+        if isinstance(scope, nn.Module):
+            linears = [m for m in scope.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return linears[-1]
+    raise ValueError(f"{type(model).__name__} has no linear classification layer")
+
+
+def output_classes(model: nn.Module) -> int:
+    """How many logits the model gives."""
+    return classification_head(model).out_features
+
+
 @dataclass(frozen=True)
 class Architecture:
     name: str
     summary: str
     config_model: type[ArchitectureConfig]
     factory: Callable[[ArchitectureConfig], Classifier]
+    # TrainingRecipe fields a registration without a training_config gets (retrain and
+    # finetune train with the recipe); None: TrainingRecipe's own defaults.
+    default_recipe: dict[str, Any] | None = None
 
     def build(self, config: ArchitectureConfig | dict) -> Classifier:
         if not isinstance(config, self.config_model):
@@ -51,14 +77,21 @@ class Architecture:
         return self.factory(config)
 
 
-ARCHITECTURES: Registry[Architecture] = Registry("architecture", "worker.engine.architectures")
+# Built-ins are the modules of this package; installed plugins add theirs through the
+# ``lethe.architectures`` entry-point group (each names a module that registers with
+# ``register_architecture``, exactly as a built-in does).
+ENTRY_POINT_GROUP = "lethe.architectures"
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", "worker.engine.architectures",
+                                                 entry_point_group=ENTRY_POINT_GROUP)
 
 
-def register_architecture(name: str, config_model: type[ArchitectureConfig], summary: str):
+def register_architecture(name: str, config_model: type[ArchitectureConfig], summary: str,
+                          default_recipe: dict[str, Any] | None = None):
     """Decorator for ``factory(config) -> Classifier``."""
 
     def decorate(factory: Callable[[ArchitectureConfig], Classifier]):
-        ARCHITECTURES.register(name)(Architecture(name, summary, config_model, factory))
+        ARCHITECTURES.register(name)(Architecture(name, summary, config_model, factory,
+                                                  default_recipe))
         return factory
 
     return decorate

@@ -30,6 +30,7 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from worker.engine.inputs import TokenBatch
 from worker.engine.methods._base import (
     MethodParams,
     ProgressFn,
@@ -127,7 +128,13 @@ def fisher_diagonal(
     progress: ProgressFn = no_progress,
 ) -> dict[str, torch.Tensor]:
     """Per parameter, the mean over samples of (∂ log p(y|x) / ∂θ)², from exact per-sample
-    gradients (vmap) with the model in eval mode (no dropout, BN running statistics)."""
+    gradients (vmap) with the model in eval mode (no dropout, BN running statistics).
+
+    Inputs that are not one tensor (a text model's :class:`TokenBatch`, whose attention
+    masks transformers inspects in ways vmap cannot batch) take one backward pass per sample
+    instead: the same per-sample gradients, row by row."""
+    if isinstance(x, TokenBatch):
+        return _fisher_by_rows(model, x, y, device=device, progress=progress)
     params = {name: p.detach() for name, p in model.named_parameters()}
     buffers = {name: b.detach() for name, b in model.named_buffers()}
 
@@ -144,6 +151,25 @@ def fisher_diagonal(
             for name, g in gradients.items():
                 totals[name] += g.pow(2).sum(0)
             progress(done / chunks)
+    return {name: total / max(1, len(x)) for name, total in totals.items()}
+
+
+def _fisher_by_rows(model: nn.Module, x: TokenBatch, y: torch.Tensor, *, device: torch.device,
+                    progress: ProgressFn = no_progress) -> dict[str, torch.Tensor]:
+    """:func:`fisher_diagonal` one sample at a time (each row's padding trimmed off)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    totals = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    with evaluating(model):
+        for row in range(len(x)):
+            logits = model(x[row:row + 1].to(device))
+            log_likelihood = logits.log_softmax(-1)[0, int(y[row])]
+            gradients = torch.autograd.grad(log_likelihood, [p for _, p in named],
+                                            allow_unused=True)
+            for (name, _), g in zip(named, gradients, strict=True):
+                if g is not None:
+                    totals[name] += g.pow(2)
+            if row % 16 == 15 or row == len(x) - 1:
+                progress((row + 1) / len(x))
     return {name: total / max(1, len(x)) for name, total in totals.items()}
 
 

@@ -8,6 +8,11 @@ proportion to the share of that class's training rows being forgotten (all of th
 setting, for a forgotten class; about 10% for a 10% random request). The impair step thus
 damages each class as much as the request touches it, and the repair step restores the rest;
 do not expect it to single out individual rows.
+
+Text (token ids, which no gradient can move): the noise is learned in the model's input
+embedding space, one vector per position of the forget set's longest text, and fed as
+``inputs_embeds``; in the impair set the retain sample enters as its (fixed) embeddings too,
+so one batch can hold both. The repair step trains on the retain sample's token ids.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from worker.engine.inputs import TokenBatch
 from worker.engine.methods._base import (
     MethodParams,
     UnlearningData,
@@ -79,7 +85,7 @@ class Unsir(UnlearningMethod):
         copies = noise_copies(task.data, params.noise_copies)
         noise, noise_labels = learn_noise(model, copies, task, params, generator)
         retain = sample_per_class(task.data, params.retain_per_class, generator)
-        impair_set = with_noise(retain, noise, noise_labels, copies)
+        impair_set = with_noise(retain, noise, noise_labels, copies, model)
         # The noise takes NOISE_SHARE of the progress bar; impair and repair share the rest.
         impair_end = NOISE_SHARE + (1 - NOISE_SHARE) * params.impair_epochs / (
             params.impair_epochs + params.repair_epochs)
@@ -124,7 +130,10 @@ def learn_noise(model: nn.Module, copies: dict[int, int], task: UnlearningTask, 
     """``noise_rows`` inputs per class that maximise the model's loss on that class, kept
     bounded by an L2 penalty; the model itself is frozen (and in eval mode) meanwhile."""
     labels = torch.tensor(list(copies)).repeat_interleave(params.noise_rows).to(task.device)
-    shape = (len(labels), *task.data.x_train.shape[1:])
+    x_train = task.data.x_train
+    if isinstance(x_train, TokenBatch):
+        return _learn_embedded_noise(model, labels, task, params, generator)
+    shape = (len(labels), *x_train.shape[1:])
     noise = torch.randn(shape, generator=generator).to(task.device).requires_grad_(True)
     optimizer = torch.optim.Adam([noise], lr=params.noise_lr)
     progress = progress_span(task.progress, 0.0, NOISE_SHARE)
@@ -140,11 +149,54 @@ def learn_noise(model: nn.Module, copies: dict[int, int], task: UnlearningTask, 
     return noise.detach().cpu(), labels.cpu()
 
 
+def _learn_embedded_noise(model: nn.Module, labels: torch.Tensor, task: UnlearningTask,
+                          params: Params, generator: torch.Generator):
+    """:func:`learn_noise` for a text model: noise vectors in its input embedding space."""
+    embeddings = _embedding_table(model)
+    data = task.data
+    width = data.x_train[data.forget_idx].trimmed().shape[1]
+    shape = (len(labels), width, embeddings.embedding_dim)
+    noise = torch.randn(shape, generator=generator).to(task.device).requires_grad_(True)
+    mask = torch.ones(len(labels), width, dtype=torch.int64, device=task.device)
+    optimizer = torch.optim.Adam([noise], lr=params.noise_lr)
+    progress = progress_span(task.progress, 0.0, NOISE_SHARE)
+    model.eval()
+    with only_these_trainable(model, []):
+        for step in range(1, params.noise_steps + 1):
+            bound = params.noise_l2 * noise.pow(2).flatten(1).sum(1).mean()
+            logits = model(TokenBatch(inputs_embeds=noise, attention_mask=mask))
+            loss = -F.cross_entropy(logits, labels) + bound
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            progress(step / params.noise_steps)
+    return (TokenBatch(inputs_embeds=noise.detach().cpu(), attention_mask=mask.cpu()),
+            labels.cpu())
+
+
+def _embedding_table(model: nn.Module) -> nn.Embedding:
+    getter = getattr(model, "input_embeddings", None)
+    table = getter() if getter is not None else None
+    if not isinstance(table, nn.Embedding):
+        raise ValueError("unsir on token inputs needs a model with an input embedding table")
+    return table
+
+
+@torch.no_grad()
+def _embedded(model: nn.Module, x: TokenBatch) -> TokenBatch:
+    """Token ids as the model's (fixed) input embeddings, to share a batch with noise."""
+    table = _embedding_table(model)
+    ids = x["input_ids"].to(table.weight.device)
+    return TokenBatch(inputs_embeds=table(ids).cpu(), attention_mask=x["attention_mask"])
+
+
 def with_noise(retain: Batch, noise: torch.Tensor, noise_labels: torch.Tensor,
-               copies: dict[int, int]) -> Batch:
+               copies: dict[int, int], model: nn.Module | None = None) -> Batch:
     """The impair set: the retain sample plus each noise row repeated as often as its class
     asks (the authors repeat one noise batch 80 times rather than learn 80 batches)."""
     repeats = torch.tensor([copies[int(label)] for label in noise_labels])
+    if isinstance(noise, TokenBatch) and model is not None:
+        retain = (_embedded(model, retain[0]), retain[1])
     return (torch.cat([noise.repeat_interleave(repeats, 0), retain[0]]),
             torch.cat([noise_labels.repeat_interleave(repeats), retain[1]]))
 

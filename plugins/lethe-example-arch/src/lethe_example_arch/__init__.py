@@ -1,0 +1,1 @@
+"""An example Lethe architecture plugin (see the ``lethe.architectures`` entry point)."""
