@@ -45,6 +45,30 @@ def require_redis() -> None:
 
 
 @contextmanager
+def moto_s3_server() -> Iterator[str]:
+    """moto's S3-compatible server on a free loopback port (the stand-in for AWS S3, MinIO
+    and Ceph); yields its endpoint URL. Skips where moto is not installed, as require does."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        message = "moto is not installed (pip install -e '.[dev]')"
+        if os.environ.get("LETHE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"{message}, and LETHE_REQUIRE_SERVICES=1 forbids skipping",
+                        pytrace=False)
+        pytest.skip(f"{message}; the object-storage tests run against its S3 server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@contextmanager
 def fresh_postgres_database():
     """A new, empty database on the PostgreSQL server, dropped afterwards."""
     from sqlalchemy import create_engine, text

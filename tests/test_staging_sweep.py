@@ -16,9 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGER = """
 import os, signal, sys
 from pathlib import Path
-from app.core.storage import BlobStore
+from app.core.storage import LocalBlobStore
 
-store = BlobStore(Path(sys.argv[1]))
+store = LocalBlobStore(Path(sys.argv[1]))
 store.temp_path(suffix=".zip").write_bytes(b"a copy of the user's data")
 store.temp_path(suffix=".safetensors")
 print(store.staging_dir, flush=True)

@@ -1,12 +1,19 @@
-"""Content-addressed blob store on a local directory, written atomically.
+"""Content-addressed blob stores: a local directory, or an S3-compatible object store.
 
-Blobs are staged in ``tmp/`` before they are renamed into place. Each process stages in a
-folder of its own, ``tmp/<host>-<pid>-<random>/``, next to a lock file of the same name that
-it holds an ``flock`` on for as long as it (or a child it forked) lives; the kernel releases
-the lock however the process ends, ``kill -9`` included. :meth:`BlobStore.sweep_staging`
-deletes the folders whose lock nobody holds: what an upload killed mid-way left behind (its
-copy of the user's data included), without touching the work of other replicas or workers
-that share the store.
+Both keep the same promises (:class:`BlobStore`): a blob's name is the sha256 of its bytes, a
+blob is written once and never overwritten, what is read is verified against its name
+(:class:`CorruptBlob` otherwise), and :meth:`BlobStore.delete` erases it for real.
+``LETHE_STORAGE_URL`` chooses: ``file:///path`` (or unset: ``home/blobs``) is
+:class:`LocalBlobStore`; ``s3://bucket/prefix`` is :class:`app.core.s3_storage.S3BlobStore`,
+which serves reads from a bounded read-through cache on the host (``app.core.blob_cache``).
+
+Uploads are staged in a local folder before they are stored. Each process stages in a folder
+of its own, ``<staging root>/<host>-<pid>-<random>/``, next to a lock file of the same name
+that it holds an ``flock`` on for as long as it (or a child it forked) lives; the kernel
+releases the lock however the process ends, ``kill -9`` included.
+:meth:`BlobStore.sweep_staging` deletes the folders whose lock nobody holds: what an upload
+killed mid-way left behind (its copy of the user's data included), without touching the work
+of other replicas or workers that share the staging root.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +37,7 @@ from app.core.config import get_settings
 
 CHUNK = 1 << 20
 LOCK_SUFFIX = ".lock"
+HEX = frozenset("0123456789abcdef")
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +48,15 @@ class StoredBlob:
     created: bool  # False when an identical blob was already there
 
 
+class CorruptBlob(Exception):
+    """A stored blob's bytes no longer hash to its name (bit rot, a truncated or tampered
+    file or object). Raised by every store, never served."""
+
+    def __init__(self, sha256: str, actual: str, where: str):
+        super().__init__(f"blob {sha256} is corrupt: {where} hashes to {actual}")
+        self.sha256, self.actual = sha256, actual
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -46,26 +65,91 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class BlobStore:
-    """Blobs live at ``root/ab/cd/<sha256>``; a write is temp file, fsync, rename."""
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._staging_root = self.root / "tmp"
-        self._staging_root.mkdir(exist_ok=True)
+
+def check_digest(sha256: str) -> str:
+    if len(sha256) != 64 or not HEX.issuperset(sha256):
+        raise ValueError("not a sha256 hex digest")
+    return sha256
+
+
+class VerifiedFiles:
+    """Which local files this process has hashed and found to match their blob.
+
+    Hashing a multi-gigabyte dataset on every read would cost seconds a job, so a file is
+    hashed on its first read in a process and again whenever its identity (device, inode,
+    size, modification time) changes: a rewrite, a replacement, a truncation. What this does
+    not catch is bit rot under an unchanged inode, after the first read of a process.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, int, int, int]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def identity(path: Path) -> tuple[int, int, int, int]:
+        st = os.stat(path)  # FileNotFoundError for a missing blob, as callers expect
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def verify(self, sha256: str, path: Path) -> None:
+        """Raise :class:`CorruptBlob` unless ``path`` holds the blob ``sha256``."""
+        identity = self.identity(path)
+        with self._lock:
+            if self._seen.get(sha256) == identity:
+                return
+        actual = sha256_file(path)
+        if actual != sha256:
+            self.forget(sha256)
+            raise CorruptBlob(sha256, actual, str(path))
+        self.trust(sha256, identity)
+
+    def trust(self, sha256: str, identity: tuple[int, int, int, int]) -> None:
+        """Record a file as verified (its bytes were just hashed on the way in)."""
+        with self._lock:
+            self._seen[sha256] = identity
+
+    def forget(self, sha256: str) -> None:
+        with self._lock:
+            self._seen.pop(sha256, None)
+
+
+class BlobStore(ABC):
+    """What every store offers; see the module's doc for the promises."""
+
+    def __init__(self, staging_root: Path):
+        self._staging_root = Path(staging_root)
+        self._staging_root.mkdir(parents=True, exist_ok=True)
         self._lock, self.staging_dir = _claim_staging_dir(self._staging_root)
 
+    @abstractmethod
     def path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
-            raise ValueError("not a sha256 hex digest")
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        """A local file holding the blob's bytes, verified (:class:`CorruptBlob` otherwise),
+        for reading in place: ``open``, ``preadv``, ``mmap``, ``safetensors.safe_open``.
 
+        Raises ``FileNotFoundError`` when the store has no such blob. The file is the store's
+        own (local store) or the host's cached copy (object store): never write to it, and
+        open it right away. A cached copy may be evicted (or erased) once this returns; a
+        file already opened or mapped stays readable until it is closed, as POSIX keeps an
+        unlinked file's bytes for its open descriptors."""
+
+    @abstractmethod
     def exists(self, sha256: str) -> bool:
-        return self.path(sha256).exists()
+        """Whether the store holds the blob (asks the object store, not the cache)."""
+
+    @abstractmethod
+    def put_file(self, source: Path, *, move: bool = False) -> StoredBlob:
+        """Store ``source``'s bytes under their sha256, unless a blob of that name is there
+        already (write once). ``move`` hands the file over: it is gone afterwards."""
+
+    @abstractmethod
+    def delete(self, sha256: str) -> None:
+        """Erase the blob: its bytes leave the store (and this host's cache). Idempotent."""
 
     def temp_path(self, suffix: str = "") -> Path:
-        """A fresh path on the store's file system, for staging before :meth:`put_file`."""
+        """A fresh path in this process's staging folder, for staging before
+        :meth:`put_file` (on the same file system, so that ``move`` is a rename)."""
         fd, name = tempfile.mkstemp(dir=self.staging_dir, suffix=suffix)
         os.close(fd)
         return Path(name)
@@ -84,9 +168,52 @@ class BlobStore:
             log.info("swept %d abandoned staging entries from %s", removed, self._staging_root)
         return removed
 
+    def put_bytes(self, data: bytes) -> StoredBlob:
+        staged = self.temp_path()
+        try:
+            staged.write_bytes(data)
+            return self.put_file(staged, move=True)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def open(self, sha256: str) -> BinaryIO:
+        return open(self.path(sha256), "rb")
+
+    def read_range(self, sha256: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start..end`` inclusive, in chunks, of the verified blob."""
+        with self.open(sha256) as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0 and (chunk := f.read(min(CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
+
+class LocalBlobStore(BlobStore):
+    """Blobs live at ``root/ab/cd/<sha256>``; a write is temp file, fsync, rename."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(self.root / "tmp")
+        self._verified = VerifiedFiles()
+
+    def file(self, sha256: str) -> Path:
+        """Where the blob lives or would live (unverified, maybe absent)."""
+        check_digest(sha256)
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def path(self, sha256: str) -> Path:
+        target = self.file(sha256)
+        self._verified.verify(sha256, target)
+        return target
+
+    def exists(self, sha256: str) -> bool:
+        return self.file(sha256).exists()
+
     def put_file(self, source: Path, *, move: bool = False) -> StoredBlob:
         digest = sha256_file(source)
-        target = self.path(digest)
+        target = self.file(digest)
         size = source.stat().st_size
         if target.exists():
             if move:
@@ -101,34 +228,17 @@ class BlobStore:
                 shutil.copyfile(source, staged)
             with open(staged, "rb+") as f:
                 os.fsync(f.fileno())
+            identity = VerifiedFiles.identity(staged)  # a rename keeps the inode
             os.replace(staged, target)
         finally:
             staged.unlink(missing_ok=True)  # gone already unless a step above failed
         self._fsync_dir(target.parent)
+        self._verified.trust(digest, identity)
         return StoredBlob(digest, size, created=True)
 
-    def put_bytes(self, data: bytes) -> StoredBlob:
-        staged = self.temp_path()
-        try:
-            staged.write_bytes(data)
-            return self.put_file(staged, move=True)
-        finally:
-            staged.unlink(missing_ok=True)
-
-    def open(self, sha256: str) -> BinaryIO:
-        return open(self.path(sha256), "rb")
-
-    def read_range(self, sha256: str, start: int, end: int) -> Iterator[bytes]:
-        """Bytes ``start..end`` inclusive, in chunks."""
-        with self.open(sha256) as f:
-            f.seek(start)
-            left = end - start + 1
-            while left > 0 and (chunk := f.read(min(CHUNK, left))):
-                left -= len(chunk)
-                yield chunk
-
     def delete(self, sha256: str) -> None:
-        self.path(sha256).unlink(missing_ok=True)
+        self.file(sha256).unlink(missing_ok=True)
+        self._verified.forget(sha256)
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:
@@ -173,8 +283,9 @@ def _remove_if_abandoned(entry: Path) -> int:
 
 @lru_cache
 def get_blob_store() -> BlobStore:
-    return BlobStore(get_settings().blob_root)
+    settings = get_settings()
+    if settings.s3_location:
+        from app.core.s3_storage import S3BlobStore  # boto3 only where it is used
 
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+        return S3BlobStore.from_settings(settings)
+    return LocalBlobStore(settings.blob_root)
