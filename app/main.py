@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI, Request
 
 from app.audit.routes import router as audit_router
 from app.catalogue.routes import router as catalogue_router
+from app.console.routes import install_console
 from app.core.config import get_settings
 from app.core.errors import install_error_handlers
 from app.core.guards import refuse_unstorable_text
@@ -55,6 +56,7 @@ def create_app(run_worker: bool = True) -> FastAPI:
                    deletion_requests_router, jobs_router, audit_router, webhooks_router,
                    api_keys_router):
         app.include_router(router)
+    install_console(app)  # /ui: the web console, signed in with an API key
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

@@ -1,0 +1,1 @@
+"""The web console for operators and auditors, served under /ui."""
