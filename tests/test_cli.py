@@ -120,12 +120,12 @@ def test_db_commands_take_the_revision_as_an_argument(backend, monkeypatch, tmp_
         monkeypatch.setenv("LETHE_DATABASE_URL", url or f"sqlite:///{tmp_path / 'db.sqlite'}")
         reset_caches()
         try:
-            assert run("upgrade") == "0004"
-            assert run("downgrade") == "0003"
+            assert run("upgrade") == "0005"
+            assert run("downgrade") == "0004"
             assert run("downgrade", "base") == "base"
             assert run("upgrade", "0002") == "0002"
             assert run("upgrade", "--revision", "0003") == "0003"  # the old spelling
-            assert run("upgrade", "head") == "0004"
+            assert run("upgrade", "head") == "0005"
         finally:
             reset_caches()
 
@@ -165,3 +165,46 @@ def test_the_quickstart_script_fails_fast_when_its_port_is_taken():
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert "address already in use" in done.stderr and "exited before it was ready" in done.stderr
     assert time.monotonic() - started < 60
+
+
+def test_serve_refuses_several_processes_without_a_broker(configure):
+    from app.cli import cli
+
+    configure()
+    result = CliRunner().invoke(cli, ["serve", "--processes", "2"])
+    assert result.exit_code != 0 and "LETHE_BROKER_URL" in result.output
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_serve_runs_several_api_processes_on_one_port(configure, postgres_url, tmp_path):
+    """Two uvicorn processes behind one port, both answering: the API scales past one core."""
+    import httpx
+
+    from tests.services import REDIS_URL, require_redis
+
+    require_redis()
+    home = configure(database_url=postgres_url, broker_url=REDIS_URL)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "LETHE_HOME": str(home)}
+    server = subprocess.Popen([str(ROOT / ".venv/bin/lethe"), "serve", "--port", str(port),
+                               "--processes", "2"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        assert len(children) >= 2, children  # uvicorn's supervisor and its two workers
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert "2 processes" in output
