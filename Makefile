@@ -14,12 +14,13 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml client/pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml plugins/lethe-example-arch/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	# The client (client/, its own distribution) and the service, which uses it for its CLI.
-	$(BIN)/python -m pip install --quiet -e client -e ".[dev]"
+	# The client (client/, its own distribution), the service, which uses it for its CLI, and
+	# the example architecture plugin (plugins/lethe-example-arch: the `conv1d` architecture).
+	$(BIN)/python -m pip install --quiet -e client -e ".[dev]" -e plugins/lethe-example-arch
 	touch $(STAMP)
 
 serve: install  ## the API with an in-process worker (SQLite + local blobs under .lethe/)

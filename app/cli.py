@@ -57,22 +57,33 @@ def _main(version: Annotated[bool, typer.Option(
 
 
 @cli.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    processes: Annotated[int, typer.Option(
+        min=1, help="API processes sharing the port (uvicorn's workers). More than one needs "
+                    "LETHE_BROKER_URL: the in-process worker runs in a single process.")] = 1,
+) -> None:
     """Run the API (and, without a broker configured, an in-process worker)."""
     import uvicorn
 
     from app.core import migrate
     from app.core.config import get_settings
-    from app.main import create_app
 
     settings = get_settings()
+    if processes > 1 and settings.embedded_worker:
+        raise typer.BadParameter("more than one process needs a broker (LETHE_BROKER_URL) "
+                                 "and Celery workers", param_hint="--processes")
     settings.home.mkdir(parents=True, exist_ok=True)
     if not settings.database_url:
         migrate.upgrade()
     worker = "in-process worker" if settings.embedded_worker else f"broker {settings.broker_url}"
     typer.echo(f"Lethe on http://{host}:{port} (database {settings.resolved_database_url}, "
-               f"{worker}, blobs in {settings.blob_root})")
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+               f"{worker}, blobs in {settings.storage_url or settings.blob_root}, "
+               f"{processes} process{'es' if processes > 1 else ''})")
+    # An import string, so each process builds its own app (and its own database pool).
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=processes,
+                log_level="info")
 
 
 @cli.command()
@@ -83,6 +94,9 @@ def worker(
         help="jobs, webhooks, or both (comma list). A GPU worker whose one process runs a long "
              "job delivers no webhook meanwhile: run a `--queues webhooks` worker too.")
     ] = "jobs,webhooks",
+    node: Annotated[str | None, typer.Option(
+        help="This worker's Celery node name, NAME@HOST; default celery@HOSTNAME (workers "
+             "sharing a host need distinct ones).")] = None,
 ) -> None:
     """Run a Celery worker for the unlearning queue (and webhook deliveries)."""
     from app.core.config import get_settings
@@ -97,7 +111,58 @@ def worker(
         raise typer.BadParameter("jobs, webhooks, or both", param_hint="--queues")
     celery_app.worker_main(["worker", "--queues", ",".join(names[q] for q in wanted),
                             "--concurrency", str(concurrency), "--loglevel", loglevel,
-                            "--pool", "prefork"])
+                            "--pool", "prefork", *(["--hostname", node] if node else [])])
+
+
+@cli.command()
+def health(
+    role: Annotated[str, typer.Argument(
+        help="api: this machine's API answers GET /readyz with 200 (its database and broker "
+             "reachable); worker: this machine's Celery worker answers a ping.")] = "api",
+    port: Annotated[int, typer.Option(help="The API's port (role api).")] = 8000,
+    node: Annotated[str | None, typer.Option(
+        help="The worker's node name (role worker); default Celery's own, celery@HOSTNAME.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 5.0,
+) -> None:
+    """Exit 0 when the local API or worker is healthy, 1 otherwise: a container health check.
+
+    The worker is asked by its own node name, so a replica is judged by its own answer, not by
+    any other worker on the broker."""
+    if role == "api":
+        import httpx
+
+        url = f"http://127.0.0.1:{port}/readyz"
+        try:
+            response = httpx.get(url, timeout=timeout)
+        except httpx.HTTPError as exc:
+            typer.echo(f"unhealthy: {url}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if response.status_code != 200:
+            typer.echo(f"unhealthy: {url} answered {response.status_code} {response.text}",
+                       err=True)
+            raise typer.Exit(1)
+        typer.echo(f"healthy: {url} answered 200")
+    elif role == "worker":
+        from celery.utils.nodenames import default_nodename
+
+        from app.core.config import get_settings
+        from worker.celery_app import celery_app
+
+        if get_settings().embedded_worker:
+            raise typer.BadParameter("set LETHE_BROKER_URL: there is no Celery worker to ask")
+        name = node or default_nodename(None)
+        try:
+            replies = celery_app.control.ping(destination=[name], timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - a broker that cannot be reached is unhealthy
+            typer.echo(f"unhealthy: cannot ask {name}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        if not any(reply.get(name, {}).get("ok") == "pong" for reply in replies):
+            typer.echo(f"unhealthy: worker {name} did not answer within {timeout} s", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"healthy: worker {name} answered")
+    else:
+        raise typer.BadParameter("api or worker", param_hint="ROLE")
 
 
 Revision = Annotated[str, typer.Argument(help="An Alembic revision: an id such as 0003, "
@@ -211,15 +276,42 @@ def train(
     epochs: int | None = None,
     seed: int = 0,
     training_config: Annotated[str | None, typer.Option(help="JSON training recipe.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="hf-image-classifier, hf-text-classifier: the "
+        "model's config.json (transformers' model_type); --out is then a folder.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="hf-text-classifier: its tokenizer.json; default a "
+        "word-level one built from the training texts.")] = None,
+    text_column: Annotated[str | None, typer.Option(help="A table's text column.")] = None,
+    label_column: Annotated[str, typer.Option(help="A table's label column.")] = "label",
+    split_column: Annotated[str | None, typer.Option(
+        help="A table's train/test column.")] = None,
     as_json: Json = False,
 ) -> None:
     """Train a catalogue architecture on a dataset file and save weights the service accepts.
 
     The architecture and both configs are recorded in the file's metadata, and `lethe models
-    register` (POST /v1/models) takes them from there."""
+    register` (POST /v1/models) takes them from there. A Hugging Face classifier is built from
+    --config (no download) and written as a folder transformers' from_pretrained reads."""
     from worker.engine.training import train_from_file
 
     recipe = json.loads(training_config) if training_config else {}
+    if architecture.startswith("hf-"):
+        from worker.engine.data.tables import TableColumns
+        from worker.engine.hf_files import train_hf_from_file
+
+        given = json.loads(architecture_config) if architecture_config else {}
+        if config is not None:
+            given["hf_config"] = json.loads(config.read_text())
+        summary = train_hf_from_file(
+            dataset, architecture, given, out_dir=out, epochs=epochs, seed=seed,
+            recipe=recipe, tokenizer_path=tokenizer, show_progress=not as_json,
+            columns=TableColumns(label=label_column, text=text_column, split=split_column))
+        emit(as_json, summary, [
+            f"{architecture} trained for {summary['training_config']['epochs']} epochs in "
+            f"{summary['duration_s']} s: train accuracy {summary['train_accuracy']:.3f}, test "
+            f"accuracy {summary['test_accuracy']:.3f}", f"wrote {out}/"])
+        return
     summary = train_from_file(
         dataset, architecture, json.loads(architecture_config) if architecture_config else None,
         epochs=epochs, seed=seed, out_path=out, recipe=recipe, show_progress=not as_json)
@@ -251,6 +343,26 @@ def bench(
     ] = None,
     workers: Annotated[int, typer.Option(
         min=1, help="Pairs of a suite run at once, each in its own process.")] = 1,
+    architecture: Annotated[str | None, typer.Option(
+        help="Run on this architecture instead of the preset's (any from GET "
+             "/v1/architectures, e.g. hf-image-classifier, hf-text-classifier).")] = None,
+    architecture_config: Annotated[str | None, typer.Option(
+        help="JSON object for --architecture, e.g. '{\"hf_config\": {...}}' (the model's "
+             "config.json).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="hf-image-classifier, hf-text-classifier: the "
+        "model's config.json (its hf_config), as for lethe train.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="hf-text-classifier: its tokenizer.json; default a "
+        "word-level one built from the training texts.")] = None,
+    text_column: Annotated[str | None, typer.Option(
+        help="A table's text column (a text dataset, for hf-text-classifier).")] = None,
+    label_column: Annotated[str, typer.Option(help="A table's label column.")] = "label",
+    split_column: Annotated[str | None, typer.Option(
+        help="A table's train/test column.")] = None,
+    training_config: Annotated[str | None, typer.Option(
+        help="JSON training recipe fields over the preset's (and the architecture's), e.g. "
+             "'{\"lr\": 0.003, \"epochs\": 10}'.")] = None,
     as_json: Json = False,
     validation: Annotated[str, typer.Option(
         help="With --tune: 'carve' takes 10% of the training subset for validation; 'unused' "
@@ -266,12 +378,28 @@ def bench(
         raise typer.BadParameter("--tune and --grid go together")
     if validation != "carve" and tune is None:
         raise typer.BadParameter("--validation applies to --tune sweeps only")
+    if architecture is not None and tune is not None:
+        raise typer.BadParameter("--architecture applies to benchmark runs, not --tune")
+    from worker.engine.data.tables import TableColumns
+
+    columns = TableColumns(label=label_column, text=text_column, split=split_column)
+    if tune is not None and (config or tokenizer or training_config
+                             or columns != TableColumns()):
+        raise typer.BadParameter("--config, --tokenizer, --training-config and the column "
+                                 "options apply to benchmark runs, not --tune")
     try:
+        given = json.loads(architecture_config) if architecture_config else None
+        if config is not None:
+            given = {**(given or {}), "hf_config": json.loads(config.read_text())}
         common = {"scenarios": parse_csv(scenarios), "seeds": parse_csv(seeds, int),
                   "dataset": dataset, "cache_dir": cache}
         output = (run_tune(preset, tune, json.loads(grid), out, validation=validation,
                            **common) if tune else
                   run_bench(preset, out, methods=parse_csv(methods), workers=workers,
+                            architecture=architecture, architecture_config=given,
+                            columns=None if columns == TableColumns() else columns,
+                            tokenizer=tokenizer,
+                            recipe=json.loads(training_config) if training_config else None,
                             **common))
     except (BenchConfigError, json.JSONDecodeError) as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -287,6 +415,22 @@ def export_digits(out: Annotated[Path, typer.Option(help="The .npz file to write
 
     export(out)
     emit(as_json, {"path": str(out)}, f"wrote {out}")
+
+
+@receipts_cli.command("init-key")
+def receipt_init_key(as_json: Json = False) -> None:
+    """Make the receipt signing key (LETHE_RECEIPT_KEY_FILE) unless it exists; print its id.
+
+    A deployment runs this once, before the API, so that every replica finds the same key in
+    place (docker-compose.yml's migrate service) rather than the first to sign making it."""
+    from app.core.config import get_settings
+    from app.deletion_requests import receipts
+
+    path = get_settings().resolved_receipt_key_file
+    existed = path.exists()
+    key = receipts.key_id(receipts.signing_key().public_key())
+    emit(as_json, {"key_id": key, "path": str(path), "created": not existed},
+         [f"receipt key {'in' if existed else 'created in'} {path}", key])
 
 
 @receipts_cli.command("verify")

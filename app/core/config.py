@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.engine.gate_thresholds import GateThresholds
@@ -18,7 +19,33 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".lethe"), description="State directory of the embedded default.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in home if unset.")
     broker_url: str | None = Field(None, description="Celery broker; in-process worker if unset.")
-    storage_url: str | None = Field(None, description="file:///path; home/blobs if unset.")
+    storage_url: str | None = Field(None, description="file:///path, or s3://bucket/prefix "
+                                    "for an S3-compatible object store; home/blobs if unset.")
+
+    # Object storage (storage_url s3://...). Credentials come from the standard AWS chain
+    # (AWS_ACCESS_KEY_ID..., AWS_PROFILE, an instance role) unless given here.
+    s3_endpoint_url: str | None = Field(None, description="The store's endpoint (MinIO, Ceph, "
+                                        "…); AWS S3 if unset.")
+    s3_region: str | None = Field(None, description="The bucket's region; the AWS chain's "
+                                  "(AWS_REGION, the profile) if unset.")
+    s3_access_key_id: str | None = Field(None, description="With s3_secret_access_key; the "
+                                         "AWS credential chain if unset.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="See s3_access_key_id.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket in the path (most MinIO and Ceph setups) or in the host "
+                            "name; botocore chooses if auto.")
+    s3_multipart_bytes: int = Field(64 << 20, ge=5 << 20, description="Blobs at least this "
+                                    "large are uploaded and downloaded in parts of this size.")
+    # A host's read-through cache of the object store's blobs (see app/core/blob_cache.py).
+    blob_cache_bytes: int = Field(10 << 30, ge=0, description="What the cache of one host may "
+                                  "hold; least recently used blobs go first (a blob in use "
+                                  "may take it over for a while).")
+    blob_cache_dir: Path | None = Field(None, description="The cache's directory, shared by "
+                                        "the Lethe processes of a host; home/blob-cache if "
+                                        "unset.")
+    blob_cache_prune_seconds: float = Field(60.0, gt=0, description="How often a host drops "
+                                            "cached blobs the object store no longer holds "
+                                            "(erased elsewhere).")
 
     # Limits on what clients may send.
     max_request_bytes: int = Field(1 << 30, description="Larger request bodies get 413.")
@@ -26,11 +53,20 @@ class Settings(BaseSettings):
     max_archive_bytes: int = Field(4 << 30, description="What an upload may unpack to in all.")
     max_compression_ratio: float = Field(200.0, description="Beyond this a member is a bomb.")
     max_image_pixels: int = Field(4096 * 4096, description="Pixels of one uploaded image.")
-    # Every job loads a dataset's arrays whole and makes float32 inputs of them (4x), so this
-    # bounds a worker's memory too: 2 GiB of pixels is about 10 GiB per job. It holds
-    # Tiny-ImageNet (100,000 64x64 RGB images, 1.2 GB) with room; CIFAR-10 is 184 MB.
+    # It holds Tiny-ImageNet (100,000 64x64 RGB images, 1.2 GB) with room; CIFAR-10 is 184 MB.
+    # A job holds a dataset this size in memory only up to job_resident_dataset_bytes; past
+    # that it reads the rows it needs from the blob store (see worker/engine/data/loader.py).
     max_decoded_bytes: int = Field(2 << 30, gt=0, description="What an upload's images or "
-                                   "arrays may decode to in all (pixels × channels).")
+                                   "arrays may decode to in all (pixels × channels; a table's "
+                                   "features as float32, or its texts' UTF-8 bytes).")
+    # Text and tabular uploads (CSV, JSON Lines, Parquet).
+    max_dataset_rows: int = Field(1_000_000, gt=0, description="Rows a table upload may have "
+                                  "(each training row is a sample the database indexes).")
+    max_text_chars: int = Field(100_000, gt=0, description="Characters of one text cell.")
+    max_row_bytes: int = Field(1 << 20, gt=0, description="Bytes of one line of a CSV or "
+                               "JSON Lines upload (a quoted CSV cell may span lines).")
+    max_classes: int = Field(10_000, ge=2, le=100_000, description="Distinct labels a table "
+                             "upload may have.")
 
     # Serving.
     api_threads: int = Field(32, ge=1, le=1000, description="Threads serving the API's "
@@ -53,11 +89,19 @@ class Settings(BaseSettings):
                                       "resident memory exceeds this after a job is replaced.")
     local_workers: int = Field(2, description="Concurrent jobs of the in-process worker.")
     torch_threads: int | None = Field(None, description="torch.set_num_threads for jobs.")
+    job_resident_dataset_bytes: int = Field(256 << 20, ge=0, description="A dataset whose "
+                                            "decoded inputs are at most this large is held in "
+                                            "memory as float32 model inputs, cached across "
+                                            "jobs; a larger one is read row by row from the "
+                                            "blob store, only the rows a job touches.")
 
     # Deletion requests.
     deletion_deadline_days: int = Field(30, description="GDPR Art. 12(3): one month.")
-    coalesce_window_seconds: float = Field(3.0, ge=0, description="Requests for one model "
-                                           "arriving this close together share one job.")
+    coalesce_window_seconds: float = Field(
+        0.0, ge=0, description="How long a new job waits for more requests before a worker may "
+        "start it. Requests still join a job while it waits behind another job of its model or "
+        "for a worker, so a burst becomes a few versions even at 0, and a lone request on an "
+        "idle model starts at once.")
     request_max_attempts: int = Field(3, ge=1, description="Jobs tried per request.")
     version_grace_seconds: float = Field(0.0, ge=0, description="How long a version that "
                                          "still carries forgotten data keeps its blobs.")
@@ -71,6 +115,16 @@ class Settings(BaseSettings):
                                  "method fails the gate and the request names no fallback.")
     receipt_key_file: Path | None = Field(None, description="Ed25519 private key (PEM) that "
                                           "signs receipts; home/receipt-key.pem if unset.")
+
+    # The web console (/ui).
+    console_secret: str | None = Field(None, min_length=32, description="Signs the "
+                                       "console's session cookies; generated into "
+                                       "home/console-secret if unset (replicas must share it).")
+    console_session_hours: float = Field(12.0, gt=0, le=24 * 30, description="How long a "
+                                         "console sign-in lasts.")
+    benchmarks_dir: Path | None = Field(None, description="Where the console finds the "
+                                        "benchmark's results; the checkout's benchmarks/ if "
+                                        "unset.")
 
     # Webhooks.
     webhook_allow_private: bool = Field(False, description="Deliver to loopback, private and "
@@ -97,13 +151,35 @@ class Settings(BaseSettings):
     def resolved_db_pool_size(self) -> int:
         return self.db_pool_size or self.api_threads + 16
 
+    @field_validator("storage_url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if url and not url.startswith(("file://", "s3://")):
+            raise ValueError("a file:// or s3:// URL")
+        if url and url.startswith("s3://") and not url.removeprefix("s3://").split("/")[0]:
+            raise ValueError("s3://BUCKET/optional/prefix: the bucket is missing")
+        return url
+
+    @property
+    def s3_location(self) -> tuple[str, str] | None:
+        """``(bucket, key prefix without slashes)`` for an s3:// storage_url, else None."""
+        if not self.storage_url or not self.storage_url.startswith("s3://"):
+            return None
+        bucket, _, prefix = self.storage_url.removeprefix("s3://").partition("/")
+        return bucket, prefix.strip("/")
+
     @property
     def blob_root(self) -> Path:
+        """The local store's directory (file:// or unset storage_url)."""
+        if self.s3_location:
+            raise ValueError("storage_url is an s3:// URL: blobs have no local root")
         if self.storage_url:
-            if not self.storage_url.startswith("file://"):
-                raise ValueError("only file:// storage URLs are supported")
             return Path(self.storage_url.removeprefix("file://"))
         return self.home / "blobs"
+
+    @property
+    def resolved_blob_cache_dir(self) -> Path:
+        return self.blob_cache_dir or self.home / "blob-cache"
 
     @property
     def resolved_receipt_key_file(self) -> Path:
