@@ -136,14 +136,32 @@ def _tags(values: list[str] | None, name: str = "--tag") -> dict[str, str | None
 @datasets_cli.command("upload")
 @remote
 def datasets_upload(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                         help=".npz, or ImageFolder .zip/.tar/.tar.gz.")],
+    file: Annotated[Path, typer.Argument(
+        exists=True, dir_okay=False,
+        help=".npz, ImageFolder .zip/.tar/.tar.gz, or a .csv/.jsonl/.parquet table.")],
     name: Annotated[str | None, typer.Option(help="Default: the file's name.")] = None,
+    label_column: Annotated[str | None, typer.Option(
+        help="Tables: the label column (default label).")] = None,
+    text_column: Annotated[str | None, typer.Option(
+        help="Tables: the text column, for a text dataset.")] = None,
+    feature_column: Annotated[list[str] | None, typer.Option(
+        help="Tables: a numeric feature column, repeatable (default: every other).")] = None,
+    id_column: Annotated[str | None, typer.Option(help="Tables: the sample ids.")] = None,
+    subject_column: Annotated[str | None, typer.Option(
+        help="Tables: each row's data subject.")] = None,
+    split_column: Annotated[str | None, typer.Option(
+        help="Tables: train or test per row.")] = None,
+    test_fraction: Annotated[float | None, typer.Option(
+        help="Tables without a split column: the share held out (default 0.2).")] = None,
     url: Url = None, token: Token = None, as_json: Json = False,
 ) -> None:
     """Upload a dataset file; prints its id last."""
     with connect(url, token) as lethe:
-        dataset = lethe.datasets.upload(file, name)
+        dataset = lethe.datasets.upload(
+            file, name, label_column=label_column, text_column=text_column,
+            feature_columns=feature_column, id_column=id_column,
+            subject_column=subject_column, split_column=split_column,
+            test_fraction=test_fraction)
     emit(as_json, dataset, [
         f"dataset {dataset.name!r}: {dataset.num_train} training and {dataset.num_test} test "
         f"samples, {dataset.num_classes} classes, input {dataset.input_shape}", dataset.id])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 
 import pytest
@@ -224,3 +225,38 @@ def test_the_progress_bar_on_a_terminal():
     bar.close()
     text = stream.getvalue()
     assert "\r" in text and "50%" in text and "100% succeeded" in text and text.endswith("\n")
+
+
+def test_tables_are_uploaded_with_their_columns_named(live_server, tmp_path):
+    """A text CSV with string labels and a feature table, through the client and the CLI."""
+    from lethe_client import ProblemError
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    texts = tmp_path / "tickets.csv"
+    texts.write_text("ticket,topic,who\n" + "".join(
+        f"\"please reset my password {i}\",{'billing' if i % 2 else 'access'},user-{i % 5}\n"
+        for i in range(40)))
+    with live_server.client() as lethe:
+        dataset = lethe.datasets.upload(texts, name="tickets", text_column="ticket",
+                                        label_column="topic", subject_column="who",
+                                        test_fraction=0.25)
+        with pytest.raises(ProblemError, match="no_such_column") as refused:
+            lethe.datasets.upload(texts, name="bad", text_column="no_such_column",
+                                  label_column="topic")
+        assert refused.value.problem.status == 422
+        assert [d.name for d in lethe.datasets.list()] == ["tickets"]  # nothing stored
+    assert dataset.classes == ["access", "billing"]  # string labels, in sorted order
+    assert dataset.num_train + dataset.num_test == 40 and dataset.num_test > 0
+
+    table = tmp_path / "table.csv"
+    table.write_text("a,b,noise,y\n" + "".join(f"{i},{i * 2},{i % 3},{i % 2}\n"
+                                               for i in range(30)))
+    result = CliRunner().invoke(cli, [
+        "datasets", "upload", str(table), "--name", "table", "--label-column", "y",
+        "--feature-column", "a", "--feature-column", "b", "--json"],
+        env={"LETHE_URL": live_server.url, "LETHE_TOKEN": live_server.token})
+    assert result.exit_code == 0, result.output
+    uploaded = json.loads(result.output)
+    assert uploaded["input_shape"] == [2] and uploaded["num_classes"] == 2

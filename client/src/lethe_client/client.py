@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,12 +122,23 @@ class _Resource:
 
 class Datasets(_Resource):
     def upload(self, path: str | os.PathLike, name: str | None = None, *,
+               label_column: str | None = None, text_column: str | None = None,
+               feature_columns: Sequence[str] | None = None, id_column: str | None = None,
+               subject_column: str | None = None, split_column: str | None = None,
+               test_fraction: float | None = None,
                idempotency_key: str | None = None) -> Dataset:
-        """Upload a dataset file (.npz, or an ImageFolder .zip/.tar/.tar.gz); the service
-        decodes it before answering."""
+        """Upload a dataset file (.npz, an ImageFolder .zip/.tar/.tar.gz, or a .csv, .jsonl or
+        .parquet table whose columns the keyword arguments name); the service decodes it
+        before answering."""
         path = Path(path)
+        columns = {"label_column": label_column, "text_column": text_column,
+                   "feature_columns": ",".join(feature_columns) if feature_columns else None,
+                   "id_column": id_column, "subject_column": subject_column,
+                   "split_column": split_column, "test_fraction": test_fraction}
+        form = {"name": name or path.stem} | {k: str(v) for k, v in columns.items()
+                                               if v is not None}
         data = self._t.json(
-            "POST", "/v1/datasets", data={"name": name or path.stem},
+            "POST", "/v1/datasets", data=form,
             files=lambda: {"file": (path.name, open(path, "rb"))},  # noqa: SIM115
             idempotency_key=idempotency_key)
         return Dataset.model_validate(data)
