@@ -27,13 +27,16 @@ import socket
 import tempfile
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from app.core.config import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 CHUNK = 1 << 20
 LOCK_SUFFIX = ".lock"
@@ -289,3 +292,11 @@ def get_blob_store() -> BlobStore:
 
         return S3BlobStore.from_settings(settings)
     return LocalBlobStore(settings.blob_root)
+
+
+def erase_after_commit(db: Session, store: BlobStore, doomed: Iterable[str]) -> None:
+    """Commit, then erase the blobs the committed change no longer references: a crash in
+    between leaves an orphan blob, never a row that names a missing one."""
+    db.commit()
+    for sha256 in doomed:
+        store.delete(sha256)

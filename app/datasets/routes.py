@@ -13,7 +13,7 @@ from app.core.guards import INT32_MAX
 from app.core.idempotency import Idempotency, fingerprint, idempotency_key
 from app.core.openapi import ONE_RESOURCE, UPLOAD, VALIDATED, problems
 from app.core.pagination import Page, PageParams, number_page_params, page_of, page_params
-from app.core.storage import get_blob_store
+from app.core.storage import erase_after_commit, get_blob_store
 from app.datasets import service
 from app.datasets.schemas import DatasetOut, SampleOut
 from app.tenants.service import Principal
@@ -118,11 +118,7 @@ def get_dataset(dataset_id: str, db: Session = Depends(get_db),
 def delete_dataset(dataset_id: str, db: Session = Depends(get_db),
                    principal: Principal = Depends(current_principal)):
     dataset = service.get_dataset(db, principal, dataset_id)
-    doomed = service.delete_dataset(db, principal, dataset)
-    db.commit()
-    store = get_blob_store()
-    for sha256 in doomed:  # after the commit: a crash leaves an orphan blob, never a row
-        store.delete(sha256)
+    erase_after_commit(db, get_blob_store(), service.delete_dataset(db, principal, dataset))
     return Response(status_code=204)
 
 

@@ -13,7 +13,7 @@ from app.core.guards import INT32_MAX
 from app.core.idempotency import Idempotency, fingerprint, idempotency_key
 from app.core.openapi import ONE_RESOURCE, UPLOAD, VALIDATED, problems
 from app.core.pagination import Page, PageParams, number_page_params, page_of, page_params
-from app.core.storage import get_blob_store, sha256_bytes
+from app.core.storage import erase_after_commit, get_blob_store, sha256_bytes
 from app.datasets.service import get_dataset
 from app.models import labels, service
 from app.models.download import CHECKPOINT_TYPE, CheckpointResponse, checkpoint_response
@@ -158,11 +158,7 @@ def get_model(model_id: str, db: Session = Depends(get_db),
 def delete_model(model_id: str, db: Session = Depends(get_db),
                  principal: Principal = Depends(current_principal)):
     model = service.get_model(db, principal, model_id)
-    doomed = service.delete_model(db, principal, model)
-    db.commit()
-    store = get_blob_store()
-    for sha256 in doomed:  # after the commit: a crash leaves an orphan blob, never a row
-        store.delete(sha256)
+    erase_after_commit(db, get_blob_store(), service.delete_model(db, principal, model))
     return Response(status_code=204)
 
 

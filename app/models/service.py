@@ -17,7 +17,7 @@ from app.core.db import utcnow
 from app.core.errors import Problem, invalid, not_found
 from app.core.ids import new_id
 from app.core.pagination import PageParams
-from app.core.storage import BlobStore, StoredBlob, sha256_bytes
+from app.core.storage import BlobStore, StoredBlob, erase_after_commit, sha256_bytes
 from app.datasets.tables import Dataset
 from app.models.labels import MODEL_TAG, move_aliases, parse_filters, tag_conditions
 from app.models.tables import Model, ModelTag, ModelVersion
@@ -382,9 +382,7 @@ def purge_withdrawn(db: Session, store: BlobStore) -> int:
         audit.record(db, "model_version.purged", "model", version.model_id,
                      tenant_id=db.get(Model, version.model_id).tenant_id,
                      data={"version": version.version, "sha256": version.sha256})
-    db.commit()
-    for sha256 in doomed:  # after the commit: a crash leaves an orphan blob, never a dangling row
-        store.delete(sha256)
+    erase_after_commit(db, store, doomed)
     return len(due)
 
 
