@@ -17,6 +17,8 @@ so one batch can hold both. The repair step trains on the retain sample's token 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -126,52 +128,47 @@ def noise_copies(data: UnlearningData, full_copies: int) -> dict[int, int]:
 
 
 def learn_noise(model: nn.Module, copies: dict[int, int], task: UnlearningTask, params: Params,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator) -> tuple[torch.Tensor | TokenBatch, torch.Tensor]:
     """``noise_rows`` inputs per class that maximise the model's loss on that class, kept
-    bounded by an L2 penalty; the model itself is frozen (and in eval mode) meanwhile."""
+    bounded by an L2 penalty; the model itself is frozen (and in eval mode) meanwhile. For a
+    text model the noise is vectors in its input embedding space."""
     labels = torch.tensor(list(copies)).repeat_interleave(params.noise_rows).to(task.device)
     x_train = task.data.x_train
-    if isinstance(x_train, TokenBatch):
-        return _learn_embedded_noise(model, labels, task, params, generator)
-    shape = (len(labels), *x_train.shape[1:])
-    noise = torch.randn(shape, generator=generator).to(task.device).requires_grad_(True)
-    optimizer = torch.optim.Adam([noise], lr=params.noise_lr)
-    progress = progress_span(task.progress, 0.0, NOISE_SHARE)
-    model.eval()
-    with only_these_trainable(model, []):
-        for step in range(1, params.noise_steps + 1):
-            bound = params.noise_l2 * noise.pow(2).flatten(1).sum(1).mean()
-            loss = -F.cross_entropy(model(noise), labels) + bound
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            progress(step / params.noise_steps)
-    return noise.detach().cpu(), labels.cpu()
-
-
-def _learn_embedded_noise(model: nn.Module, labels: torch.Tensor, task: UnlearningTask,
-                          params: Params, generator: torch.Generator):
-    """:func:`learn_noise` for a text model: noise vectors in its input embedding space."""
+    if not isinstance(x_train, TokenBatch):
+        noise = _noise((len(labels), *x_train.shape[1:]), generator, task.device)
+        _maximise_loss(model, noise, labels, lambda inputs: inputs, task, params)
+        return noise.detach().cpu(), labels.cpu()
     embeddings = _embedding_table(model)
-    data = task.data
-    width = data.x_train[data.forget_idx].trimmed().shape[1]
-    shape = (len(labels), width, embeddings.embedding_dim)
-    noise = torch.randn(shape, generator=generator).to(task.device).requires_grad_(True)
+    width = x_train[task.data.forget_idx].trimmed().shape[1]
+    noise = _noise((len(labels), width, embeddings.embedding_dim), generator, task.device)
     mask = torch.ones(len(labels), width, dtype=torch.int64, device=task.device)
-    optimizer = torch.optim.Adam([noise], lr=params.noise_lr)
-    progress = progress_span(task.progress, 0.0, NOISE_SHARE)
-    model.eval()
-    with only_these_trainable(model, []):
-        for step in range(1, params.noise_steps + 1):
-            bound = params.noise_l2 * noise.pow(2).flatten(1).sum(1).mean()
-            logits = model(TokenBatch(inputs_embeds=noise, attention_mask=mask))
-            loss = -F.cross_entropy(logits, labels) + bound
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            progress(step / params.noise_steps)
+    _maximise_loss(model, noise, labels,
+                   lambda inputs: TokenBatch(inputs_embeds=inputs, attention_mask=mask),
+                   task, params)
     return (TokenBatch(inputs_embeds=noise.detach().cpu(), attention_mask=mask.cpu()),
             labels.cpu())
+
+
+def _noise(shape: tuple[int, ...], generator: torch.Generator,
+           device: torch.device) -> torch.Tensor:
+    return torch.randn(shape, generator=generator).to(device).requires_grad_(True)
+
+
+def _maximise_loss(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor,
+                   as_input: Callable[[torch.Tensor], torch.Tensor | TokenBatch],
+                   task: UnlearningTask, params: Params) -> None:
+    """Adam on ``noise`` (the model frozen) towards a high loss on ``labels``."""
+    optimizer = torch.optim.Adam([noise], lr=params.noise_lr)
+    progress = progress_span(task.progress, 0.0, NOISE_SHARE)
+    model.eval()
+    with only_these_trainable(model, []):
+        for step in range(1, params.noise_steps + 1):
+            bound = params.noise_l2 * noise.pow(2).flatten(1).sum(1).mean()
+            loss = -F.cross_entropy(model(as_input(noise)), labels) + bound
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            progress(step / params.noise_steps)
 
 
 def _embedding_table(model: nn.Module) -> nn.Embedding:
