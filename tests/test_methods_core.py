@@ -337,21 +337,26 @@ def counting_step(model: nn.Module, deltas: list[float]):
     return step
 
 
-def test_descend_undoes_a_round_that_costs_utility_and_halves_the_step(digits, model):
+def noisy_descent(digits, model):
+    """A class request on a copy of ``model``, its monitor begun, and a step that adds noise
+    to the first layer: ruinous at the first step, harmless a few halvings later."""
     net = copy.deepcopy(model)
     task = make_task(net, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
     monitor = Monitor(task, samples=500, generator=seeded_generator(0), read_retain=True)
     monitor.begin(net)
-    weights = Weights(net.parameters())
     first_layer = next(net.parameters())
-    # Noise on the first layer: ruinous at the first step, harmless a few halvings later.
     noise = torch.randn(first_layer.shape, generator=seeded_generator(1))
 
     def step(_number: int, lr: float) -> None:
         with torch.no_grad():
             first_layer.add_(noise * lr)
 
-    run = descend(monitor, net, weights, step, lr=1.0, max_rounds=6)
+    return net, monitor, step
+
+
+def test_descend_undoes_a_round_that_costs_utility_and_halves_the_step(digits, model):
+    net, monitor, step = noisy_descent(digits, model)
+    run = descend(monitor, net, Weights(net.parameters()), step, lr=1.0, max_rounds=6)
     undone = [entry for entry in run.history if entry.get("undone")]
     assert undone[0]["lr"] == 1.0 and undone[0]["held_out"] < monitor.start.held_out - 10
     assert [entry["lr"] for entry in undone] == [1.0 / 2**k for k in range(len(undone))]
@@ -361,17 +366,7 @@ def test_descend_undoes_a_round_that_costs_utility_and_halves_the_step(digits, m
 
 def test_descend_on_a_fixed_schedule_keeps_a_round_that_costs_utility(digits, model):
     """The papers' rows (``adapt_step`` off): nothing undone, the step never changed."""
-    net = copy.deepcopy(model)
-    task = make_task(net, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
-    monitor = Monitor(task, samples=500, generator=seeded_generator(0), read_retain=True)
-    monitor.begin(net)
-    first_layer = next(net.parameters())
-    noise = torch.randn(first_layer.shape, generator=seeded_generator(1))
-
-    def step(_number: int, lr: float) -> None:
-        with torch.no_grad():
-            first_layer.add_(noise * lr)
-
+    net, monitor, step = noisy_descent(digits, model)
     run = descend(monitor, net, Weights(net.parameters()), step, lr=1.0, max_rounds=3,
                   adaptive=False)
     # The ruinous first round wipes the class out with the rest, and the descent ends there.
