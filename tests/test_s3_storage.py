@@ -166,7 +166,7 @@ from app.core.blob_cache import BlobCache
 from app.core.s3_storage import S3BlobStore
 
 endpoint, bucket, cache, *blobs = sys.argv[1:]
-store = S3BlobStore(bucket, "lethe/blobs", BlobCache(Path(cache), 2000, grace_seconds=0.05),
+store = S3BlobStore(bucket, "lethe/blobs", BlobCache(Path(cache), 2000, grace_seconds=0),
                     client_options={"endpoint_url": endpoint, "aws_access_key_id": "testing",
                                     "aws_secret_access_key": "testing",
                                     "region_name": "us-east-1"})
