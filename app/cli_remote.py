@@ -617,16 +617,26 @@ def audit_verify(
         exists=True, dir_okay=False,
         help="A receipt or signed head kept earlier: also check that the trail up to it was "
              "not rewritten since.")] = None,
+    full: Annotated[bool, typer.Option(
+        "--full", help="Re-hash every event from the first, not only those after the latest "
+                       "signed checkpoint (the auditor's check; slower on a long trail).")] = False,
     url: Url = None, token: Token = None, as_json: Json = False,
 ) -> None:
     """Recompute the audit chain (exit status 1 if it does not hold)."""
     with connect(url, token) as lethe:
-        verdict = lethe.audit.verify(json.loads(anchor.read_text()) if anchor else None)
+        verdict = lethe.audit.verify(json.loads(anchor.read_text()) if anchor else None,
+                                     full=full)
     line = (f"valid: {verdict.checked} of your events checked" if verdict.valid else
             f"INVALID: first mismatching event {verdict.first_invalid_seq}"
-            + (", and the anchor no longer matches" if verdict.anchor_matches is False else ""))
+            + (", and the anchor no longer matches" if verdict.anchor_matches is False else "")
+            + (f", the signed checkpoint at event {verdict.checkpoint_mismatch_seq} no longer "
+               "matches" if verdict.checkpoint_mismatch_seq is not None else ""))
     if verdict.valid and verdict.anchor_matches:
         line += ", the anchor matches"
+    if verdict.valid:
+        line += (", every event re-hashed" if verdict.full or not verdict.verified_from_seq
+                 else f", re-hashed after the signed checkpoint at event "
+                      f"{verdict.verified_from_seq}")
     emit(as_json, verdict, line)
     if not verdict.valid:
         raise typer.Exit(1)

@@ -77,6 +77,9 @@ def test_every_step_through_the_cli_with_json(lethe, tmp_path, digits_npz, digit
     assert audit["valid"] and audit["anchor_matches"]
     human = lethe("audit", "verify").stdout
     assert human.startswith("valid:")
+    full = json.loads(lethe("audit", "verify", "--full", "--json").stdout)
+    assert full["valid"] and full["full"] and full["verified_from_seq"] == 0
+    assert "every event re-hashed" in lethe("audit", "verify", "--full").stdout
 
 
 def test_failures_exit_1_with_the_problem(lethe, tmp_path, digits_npz, digits_weights):
@@ -120,12 +123,12 @@ def test_db_commands_take_the_revision_as_an_argument(backend, monkeypatch, tmp_
         monkeypatch.setenv("LETHE_DATABASE_URL", url or f"sqlite:///{tmp_path / 'db.sqlite'}")
         reset_caches()
         try:
-            assert run("upgrade") == "0005"
-            assert run("downgrade") == "0004"
+            assert run("upgrade") == "0006"
+            assert run("downgrade") == "0005"
             assert run("downgrade", "base") == "base"
             assert run("upgrade", "0002") == "0002"
             assert run("upgrade", "--revision", "0003") == "0003"  # the old spelling
-            assert run("upgrade", "head") == "0005"
+            assert run("upgrade", "head") == "0006"
         finally:
             reset_caches()
 

@@ -202,6 +202,9 @@ def test_audit_verify_reports_the_chain_and_a_stale_anchor(console, digits_npz,
     stale = console.client.get("/ui/audit/verify", params={"anchor_seq": "1",
                                                            "anchor_hash": "0" * 64}).text
     assert "NOT VALID" in stale and "no longer has the anchor" in stale
+    full = console.client.get("/ui/audit/verify", params={"full": "1"}).text
+    assert "Verified: the chain is intact" in full and "Every event was re-hashed" in full
+    assert 'name="full" value="1" checked' in full
 
 
 def write_results(folder, rows) -> None:

@@ -162,7 +162,10 @@ def test_audit_chain_verifies_and_names_the_tampered_event(sqlite_api, digits_np
                     "seq": victim["seq"]})
     verdict = api.get("/v1/audit/verify").json()
     assert verdict == {"valid": False, "checked": verdict["checked"],
-                       "first_invalid_seq": victim["seq"], "anchor_matches": None}
+                       "first_invalid_seq": victim["seq"], "anchor_matches": None,
+                       "full": False, "verified_from_seq": 0, "checkpoint_mismatch_seq": None}
+    assert api.get("/v1/audit/verify", params={"full": "true"}).json()["first_invalid_seq"] == \
+        victim["seq"]
 
 
 def test_superseded_versions_are_withdrawn_and_purged(configure, digits_npz, digits_weights):
@@ -290,4 +293,5 @@ def test_verify_shows_a_tenant_only_its_own_events(sqlite_api, digits_npz, digit
     other = api.new_tenant()
     assert api.get("/v1/audit/verify").json()["checked"] == len(own)
     assert other.get("/v1/audit/verify").json() == {
-        "valid": True, "checked": 0, "first_invalid_seq": None, "anchor_matches": None}
+        "valid": True, "checked": 0, "first_invalid_seq": None, "anchor_matches": None,
+        "full": False, "verified_from_seq": 0, "checkpoint_mismatch_seq": None}

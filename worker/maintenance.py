@@ -1,9 +1,11 @@
-"""Periodic upkeep, run by every worker: lost messages, withdrawn versions, due erasures."""
+"""Periodic upkeep, run by every worker: lost messages, withdrawn versions, due erasures, the
+audit chain's signed checkpoints."""
 
 from __future__ import annotations
 
 import logging
 
+from app.audit.verification import extend_checkpoints
 from app.core.db import new_session
 from app.core.storage import get_blob_store
 from app.datasets.erasure import erase_everything_due, erase_forgotten
@@ -35,3 +37,8 @@ def periodic_upkeep() -> None:
     drop_stale_tokenized()
     with new_session() as db:
         announce_overdue(db)
+    # Verify what was appended since the last checkpoint (a bounded stretch per pass) and sign
+    # a new one, so GET /v1/audit/verify has little to re-hash; skipped where this worker has
+    # no receipt key.
+    with new_session() as db:
+        extend_checkpoints(db)

@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.audit.service import chain_head, check_chain
+from app.audit.service import chain_head
 from app.audit.tables import AuditEvent
+from app.audit.verification import check_chain
 from app.core.auth import current_principal
 from app.core.db import get_db, utcnow
 from app.core.errors import invalid
@@ -40,15 +41,38 @@ class AuditEventOut(BaseModel):
 
 
 class ChainVerdict(BaseModel):
+    """Incremental by default: only the events after the latest signed checkpoint that still
+    holds are re-hashed; those up to it are trusted to have verified when it was signed. An
+    event before it changed in place (its stored hash kept) is found only by ``full=true``; a
+    rewrite that recomputed the hashes is found either way (the checkpoint no longer
+    matches)."""
+
     valid: bool
-    checked: int = Field(description="This tenant's events verified (the chain is checked "
-                                     "whole; other tenants' volume is not shown).")
+    checked: int = Field(description="This tenant's events the verdict covers (the chain "
+                                     "holds every tenant's; their volume is not shown): those "
+                                     "up to `verified_from_seq`, verified when that checkpoint "
+                                     "was signed, and those re-hashed now. None from the first "
+                                     "event that does not match on, nor after the last signed "
+                                     "checkpoint that holds when a later one does not.")
     first_invalid_seq: int | None = Field(
         description="The first event that does not match, when it is this tenant's.")
     anchor_matches: bool | None = Field(
         None, description="Whether the event the given anchor names still has the anchor's "
                           "hash (None: no anchor given). False means the trail was rewritten "
                           "after the anchor was signed, even if every hash was recomputed.")
+    full: bool = Field(False, description="Whether every event was re-hashed from the genesis "
+                                          "(`full=true`), checkpoints not relied on.")
+    verified_from_seq: int = Field(
+        0, description="Re-hashing started after this event: the latest signed checkpoint "
+                       "that still holds (0: the genesis, always with `full=true`). Events up "
+                       "to it are trusted to have verified when it was signed: one changed in "
+                       "place since, its stored hash kept, is found only by `full=true`.")
+    checkpoint_mismatch_seq: int | None = Field(
+        None, description="The earliest signed checkpoint whose event no longer has the "
+                          "checkpointed hash (or is gone, or the count of events up to it "
+                          "changed): the trail was rewritten after it was signed, even if "
+                          "every hash was recomputed, and `valid` is false. A checkpoint "
+                          "whose signature does not verify is not trusted, only skipped.")
 
 
 @router.get("", response_model=Page[AuditEventOut], responses=VALIDATED)
@@ -67,12 +91,18 @@ def verify_chain(
                                    "(a receipt's `audit_head`, or GET /v1/audit/head)."),
     anchor_hash: str | None = Query(None, pattern="^[0-9a-f]{64}$",
                                     description="`hash` of the same anchor."),
+    full: bool = Query(False, description="Re-hash every event from the genesis, not only "
+                                          "those after the latest signed checkpoint: the "
+                                          "auditor's check, in time proportional to the "
+                                          "whole chain."),
     db: Session = Depends(get_db), principal: Principal = Depends(current_principal),
 ):
+    """Re-hash the chain after the latest signed checkpoint that holds (all of it with
+    `full=true`), then sign a new checkpoint at its end when it holds and has grown enough."""
     if (anchor_seq is None) != (anchor_hash is None):
         raise invalid("anchor_seq and anchor_hash: give both or neither")
     anchor = (anchor_seq, anchor_hash) if anchor_seq is not None else None
-    check = check_chain(db, principal.tenant_id, anchor)
+    check = check_chain(db, principal.tenant_id, anchor, full=full)
     return ChainVerdict(**asdict(check))
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, Text, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from app.audit.tables import AuditEvent, AuditHead
@@ -18,31 +18,46 @@ from app.webhooks import service as webhooks
 GENESIS = "0" * 64
 
 
+# json.dumps with these arguments builds exactly this encoder for every call; building it once
+# gives the same bytes, a little faster (the hash format is fixed: existing chains must verify).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+_DECODE = json.JSONDecoder().decode
+
+
+def _hash_of(prev_hash: str, at: str, tenant_id: str | None, actor: str | None, action: str,
+             subject_type: str, subject_id: str, data: Any) -> str:
+    """sha256 of the event's canonical JSON, ``at`` already in its ISO form."""
+    return hashlib.sha256(_CANONICAL.encode({
+        "prev_hash": prev_hash, "at": at, "tenant_id": tenant_id, "actor": actor,
+        "action": action, "subject_type": subject_type, "subject_id": subject_id,
+        "data": data,
+    }).encode()).hexdigest()
+
+
+def _iso(at) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def event_hash(event: AuditEvent | Row) -> str:
     """The event's hash: any object with the chained fields (an ORM event or a plain row)."""
-    content = {
-        "prev_hash": event.prev_hash,
-        "at": event.at.astimezone(UTC).isoformat(timespec="microseconds"),
-        "tenant_id": event.tenant_id,
-        "actor": event.actor,
-        "action": event.action,
-        "subject_type": event.subject_type,
-        "subject_id": event.subject_id,
-        "data": event.data,
-    }
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return _hash_of(event.prev_hash, _iso(event.at), event.tenant_id, event.actor,
+                    event.action, event.subject_type, event.subject_id, event.data)
 
 
-def _lock_head(db: Session) -> AuditHead:
-    # The UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) before we read the
-    # last hash, so two writers can never chain onto the same predecessor.
-    touched = db.execute(update(AuditHead).where(AuditHead.id == 1)
-                         .values(count=AuditHead.count + 0)).rowcount
-    if not touched:
-        db.add(AuditHead(id=1, last_hash=GENESIS, count=0))
+def _claim_head(db: Session) -> str:
+    """Lock the chain's head for the rest of the transaction and return its last hash.
+
+    The UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) before the last hash
+    is read, in the same statement, so two writers can never chain onto the same predecessor.
+    """
+    last_hash = db.execute(update(AuditHead).where(AuditHead.id == 1)
+                           .values(count=AuditHead.count + 1).returning(AuditHead.last_hash)
+                           .execution_options(synchronize_session=False)).scalar()
+    if last_hash is None:
+        db.add(AuditHead(id=1, last_hash=GENESIS, count=1))
         db.flush()
-    return db.get(AuditHead, 1, populate_existing=True)
+        return GENESIS
+    return last_hash
 
 
 def record(
@@ -55,37 +70,71 @@ def record(
     actor: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append an event in the caller's transaction."""
-    head = _lock_head(db)
+    """Append an event in the caller's transaction: three statements (claim the head, insert
+    the event, move the head), every other writer waiting from the first to the commit."""
     event = AuditEvent(tenant_id=tenant_id, at=utcnow(), actor=actor, action=action,
                        subject_type=subject_type, subject_id=subject_id,
                        data=json.loads(json.dumps(data or {}, default=str)),
-                       prev_hash=head.last_hash)
+                       prev_hash=_claim_head(db))
     event.hash = event_hash(event)
-    head.last_hash, head.count = event.hash, head.count + 1
     db.add(event)
     db.flush()
+    db.execute(update(AuditHead).where(AuditHead.id == 1).values(last_hash=event.hash)
+               .execution_options(synchronize_session=False))
     webhooks.enqueue(db, event)  # announced to subscribers once this transaction commits
     return event
 
 
-# What the chain covers, read as plain rows: building ORM objects was most of a verification.
-_CHAINED = (AuditEvent.seq, AuditEvent.tenant_id, AuditEvent.at, AuditEvent.actor,
-            AuditEvent.action, AuditEvent.subject_type, AuditEvent.subject_id, AuditEvent.data,
+@dataclass
+class Rehashed:
+    """What re-hashing a stretch of the chain found."""
+
+    broken_seq: int | None  # the first event whose link or hash does not match
+    broken_tenant_id: str | None
+    count: int  # events that matched, before the broken one (if any)
+    last_seq: int  # the last event that matched (the starting point if none did)
+    last_hash: str
+
+
+def _chained_columns(db: Session) -> tuple:
+    """The chained fields as plain columns. On PostgreSQL the server writes ``at`` in the
+    hash's ISO form and hands ``data`` over as its stored JSON text, which the stdlib decoder
+    reads faster than the driver's per-row conversion (the same values: a test holds them to
+    :func:`event_hash`); elsewhere ``at`` comes back as a datetime, formatted here."""
+    if db.get_bind().dialect.name == "postgresql":
+        at = func.to_char(func.timezone("UTC", AuditEvent.at),
+                          'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+    else:
+        at = AuditEvent.at
+    return (AuditEvent.seq, AuditEvent.tenant_id, at, AuditEvent.actor, AuditEvent.action,
+            AuditEvent.subject_type, AuditEvent.subject_id, cast(AuditEvent.data, Text),
             AuditEvent.prev_hash, AuditEvent.hash)
 
 
-def first_broken_event(db: Session) -> tuple[Row | None, int]:
-    """Re-compute the chain, streaming its rows; the first event whose hash or link does not
-    match, and the count."""
-    prev, checked = GENESIS, 0
-    rows = db.execute(select(*_CHAINED).order_by(AuditEvent.seq)
-                      .execution_options(yield_per=5000))
-    for event in rows:
-        if event.prev_hash != prev or event_hash(event) != event.hash:
-            return event, checked
-        prev, checked = event.hash, checked + 1
-    return None, checked
+def rehash(db: Session, after_seq: int = 0, prev: str = GENESIS, limit: int | None = None
+           ) -> Rehashed:
+    """Re-compute the chain after event ``after_seq`` (whose hash is ``prev``; 0 and GENESIS:
+    from the start), streaming plain rows, at most ``limit`` events; stop at the first event
+    whose link or hash does not match."""
+    query = select(*_chained_columns(db)).where(AuditEvent.seq > after_seq) \
+        .order_by(AuditEvent.seq)
+    if limit is not None:
+        query = query.limit(limit)
+    # Core rows, not ORM ones (building those was most of a verification), streamed.
+    rows = db.connection().execute(query.execution_options(yield_per=10_000))
+    checked, last_seq, decode = 0, after_seq, _DECODE
+    try:
+        for seq, tenant_id, at, actor, action, subject_type, subject_id, data, prev_hash, \
+                stored in rows:
+            if not isinstance(at, str):
+                at = _iso(at)
+            if prev_hash != prev or stored != _hash_of(prev_hash, at, tenant_id, actor, action,
+                                                       subject_type, subject_id, decode(data)):
+                return Rehashed(seq, tenant_id, checked, last_seq, prev)
+            prev, last_seq, checked = stored, seq, checked + 1
+    finally:
+        rows.close()
+    return Rehashed(None, None, checked, last_seq, prev)
 
 
 def chain_head(db: Session) -> dict[str, Any]:
@@ -94,30 +143,3 @@ def chain_head(db: Session) -> dict[str, Any]:
     last = db.execute(select(AuditEvent.seq, AuditEvent.hash)
                       .order_by(AuditEvent.seq.desc()).limit(1)).first()
     return {"seq": last.seq, "hash": last.hash} if last else {"seq": 0, "hash": GENESIS}
-
-
-@dataclass
-class ChainCheck:
-    valid: bool
-    checked: int  # the asking tenant's events verified: other tenants' volume is theirs
-    first_invalid_seq: int | None  # when the first broken event is the tenant's own
-    anchor_matches: bool | None  # None when no anchor was given
-
-
-def check_chain(db: Session, tenant_id: str, anchor: tuple[int, str] | None = None
-                ) -> ChainCheck:
-    """Verify the whole chain for one tenant, and that the event an earlier signed anchor
-    names still has the hash it had then."""
-    broken, _ = first_broken_event(db)
-    own = select(func.count()).select_from(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
-    if broken is not None:
-        own = own.where(AuditEvent.seq < broken.seq)
-    anchor_matches = None
-    if anchor is not None:
-        seq, expected = anchor
-        anchor_matches = db.scalar(select(AuditEvent.hash).where(AuditEvent.seq == seq)) == \
-            expected
-    first_invalid = broken.seq if broken is not None and broken.tenant_id == tenant_id else None
-    return ChainCheck(valid=broken is None and anchor_matches is not False,
-                      checked=db.scalar(own), first_invalid_seq=first_invalid,
-                      anchor_matches=anchor_matches)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.audit import verification
 from app.audit.tables import AuditEvent
 from app.console import benchmarks, lineage, plot
 from app.console.pages import HERE, HOME, ConsoleRoute, page, safe_next
@@ -255,17 +256,19 @@ def audit_page(request: Request, before: str | None = None, db: Session = Depend
 
 @router.get("/audit/verify")
 def audit_verify(request: Request, anchor_seq: str | None = None,
-                 anchor_hash: str | None = None, db: Session = Depends(get_db),
-                 session: ConsoleSession = Depends(signed_in)):
-    """Verification reads and changes nothing, so it is a GET: no token needed."""
+                 anchor_hash: str | None = None, full: str | None = None,
+                 db: Session = Depends(get_db), session: ConsoleSession = Depends(signed_in)):
+    """Verification changes nothing a tenant sees (at most it signs a checkpoint of the chain
+    it found intact, as GET /v1/audit/verify does), so it is a GET: no token needed."""
     seq = _sequence_number("anchor_seq", anchor_seq)
     digest = (anchor_hash or "").strip().lower() or None
     if (seq is None) != (digest is None):
         raise invalid("anchor_seq and anchor_hash: give both or neither")
     if digest is not None and not HASH.fullmatch(digest):
         raise invalid("anchor_hash: must be 64 hexadecimal digits")
-    check = audit.check_chain(db, session.principal.tenant_id,
-                              (seq, digest) if seq is not None else None)
+    check = verification.check_chain(db, session.principal.tenant_id,
+                                     (seq, digest) if seq is not None else None,
+                                     full=(full or "").strip().lower() in ("1", "on", "true"))
     return _audit_page(request, db, session, None, verdict=asdict(check),
                        anchor={"seq": seq, "hash": digest}, verified_at=utcnow())
 

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
                                  "method fails the gate and the request names no fallback.")
     receipt_key_file: Path | None = Field(None, description="Ed25519 private key (PEM) that "
                                           "signs receipts; home/receipt-key.pem if unset.")
+    audit_checkpoint_every: int = Field(
+        1000, ge=1, description="A verification of the audit chain that holds, and covers at "
+        "least this many events past the last signed checkpoint, signs a new one at its end "
+        "(so does the workers' upkeep): the next verification re-hashes only what follows.")
 
     # The web console (/ui).
     console_secret: str | None = Field(None, min_length=32, description="Signs the "

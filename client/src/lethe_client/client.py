@@ -442,15 +442,17 @@ class Audit(_Resource):
     def events(self) -> Iterator[AuditEvent]:
         return self._pages("/v1/audit", AuditEvent, limit=1000)
 
-    def verify(self, anchor: SignedDocument | dict[str, Any] | None = None) -> ChainVerdict:
-        """Recompute the chain; with ``anchor`` (a receipt, a signed head, or its
-        ``audit_head``) also check that the trail up to it was not rewritten since."""
-        params = {}
+    def verify(self, anchor: SignedDocument | dict[str, Any] | None = None, *,
+               full: bool = False) -> ChainVerdict:
+        """Recompute the chain after the latest signed checkpoint (``full``: every event, from
+        the first); with ``anchor`` (a receipt, a signed head, or its ``audit_head``) also
+        check that the trail up to it was not rewritten since."""
+        params: dict[str, Any] = {"full": "true"} if full else {}
         if anchor is not None:
             head = anchor.model_dump() if isinstance(anchor, SignedDocument) else anchor
             head = head.get("receipt", head)
             head = head.get("audit_head", head)
-            params = {"anchor_seq": head["seq"], "anchor_hash": head["hash"]}
+            params |= {"anchor_seq": head["seq"], "anchor_hash": head["hash"]}
         return ChainVerdict.model_validate(self._t.json("GET", "/v1/audit/verify",
                                                         params=params))
 

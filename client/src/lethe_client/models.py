@@ -90,12 +90,17 @@ class AuditEvent(BaseModel):
 
 
 class ChainVerdict(BaseModel):
+    """Incremental by default: only the events after the latest signed checkpoint that still holds are re-hashed; those up to it are trusted to have verified when it was signed. An event before it changed in place (its stored hash kept) is found only by ``full=true``; a rewrite that recomputed the hashes is found either way (the checkpoint no longer matches)."""
+
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     valid: bool
-    checked: int = Field(description="This tenant's events verified (the chain is checked whole; other tenants' volume is not shown).")
+    checked: int = Field(description="This tenant's events the verdict covers (the chain holds every tenant's; their volume is not shown): those up to `verified_from_seq`, verified when that checkpoint was signed, and those re-hashed now. None from the first event that does not match on, nor after the last signed checkpoint that holds when a later one does not.")
     first_invalid_seq: int | None = Field(description="The first event that does not match, when it is this tenant's.")
     anchor_matches: bool | None = Field(None, description="Whether the event the given anchor names still has the anchor's hash (None: no anchor given). False means the trail was rewritten after the anchor was signed, even if every hash was recomputed.")
+    full: bool = Field(False, description='Whether every event was re-hashed from the genesis (`full=true`), checkpoints not relied on.')
+    verified_from_seq: int = Field(0, description='Re-hashing started after this event: the latest signed checkpoint that still holds (0: the genesis, always with `full=true`). Events up to it are trusted to have verified when it was signed: one changed in place since, its stored hash kept, is found only by `full=true`.')
+    checkpoint_mismatch_seq: int | None = Field(None, description='The earliest signed checkpoint whose event no longer has the checkpointed hash (or is gone, or the count of events up to it changed): the trail was rewritten after it was signed, even if every hash was recomputed, and `valid` is false. A checkpoint whose signature does not verify is not trusted, only skipped.')
 
 
 class Dataset(BaseModel):
