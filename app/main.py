@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 
 from app.audit.routes import router as audit_router
 from app.catalogue.routes import router as catalogue_router
@@ -20,7 +20,7 @@ from app.datasets.routes import router as datasets_router
 from app.deletion_requests.routes import router as deletion_requests_router
 from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
-from app.ops.metrics import LATENCY, REQUESTS
+from app.ops.metrics import RequestMetrics
 from app.ops.routes import router as ops_router
 from app.tenants.routes import router as api_keys_router
 from app.webhooks.routes import router as webhooks_router
@@ -58,15 +58,6 @@ def create_app(run_worker: bool = True) -> FastAPI:
         app.include_router(router)
     install_console(app)  # /ui: the web console, signed in with an API key
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        REQUESTS.labels(request.method, path, response.status_code).inc()
-        LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetrics)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
     return app

@@ -13,7 +13,7 @@ from app.tenants.service import Principal, authenticate
 bearer = HTTPBearer(auto_error=False, description="An API key from `lethe apikey create`.")
 
 
-def _unauthorized(detail: str) -> Problem:
+def unauthorized(detail: str) -> Problem:
     return Problem(401, detail, slug="unauthorized", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -22,8 +22,8 @@ def current_principal(
     db: Session = Depends(get_db),
 ) -> Principal:
     if credentials is None:
-        raise _unauthorized("missing bearer token")
+        raise unauthorized("missing bearer token")
     principal = authenticate(db, credentials.credentials)
     if principal is None:
-        raise _unauthorized("invalid or revoked token")
+        raise unauthorized("invalid or revoked token")
     return principal

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -79,17 +79,42 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+# A pooled connection idle for longer than this is pinged before use (the server may have
+# restarted meanwhile); one in steady use is not: a ping per checkout was a tenth of a poll.
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _note_checkin(_dbapi_connection, record) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+    idle = time.monotonic() - record.info.get("checked_in_at", float("-inf"))
+    if idle < PING_AFTER_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means a dead connection
+        raise DisconnectionError() from exc  # the pool discards it and checks out another
+
+
 def make_engine(url: str, pool_size: int = 48) -> Engine:
     """An engine whose pool covers every thread that may hold a connection at once: a request
     keeps its connection between the steps it runs on different threads, so with fewer
-    connections than threads, requests holding one wait for a thread that waits for one."""
-    pool = {"pool_size": pool_size, "max_overflow": pool_size // 2}
+    connections than threads, requests holding one wait for a thread that waits for one.
+    Last in, first out, so a quiet spell leaves idle (pinged) connections, not a busy one."""
+    pool = {"pool_size": pool_size, "max_overflow": pool_size // 2, "pool_use_lifo": True}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **pool)
+    engine = create_engine(url, **pool)
+    event.listen(engine, "checkin", _note_checkin)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
 
 
 @lru_cache

@@ -79,12 +79,18 @@ def _listed(ids: list[str]) -> str:
     return shown + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
 
 
-def unavailable_rows(db: Session, model: Model) -> set[int]:
+def pending_jobs(db: Session, model: Model) -> list[Job]:
+    """The model's queued and running jobs, oldest first: read once per request, for what they
+    are about to remove and for the waiting one a request may join."""
+    return list(db.scalars(select(Job).where(
+        Job.model_id == model.id, Job.status.in_((QUEUED, RUNNING))).order_by(Job.created_at)))
+
+
+def unavailable_rows(db: Session, model: Model, pending: list[Job]) -> set[int]:
     """Rows this model no longer carries, or that a pending job is about to remove."""
     rows = set(db.scalars(select(ForgottenSample.row).where(ForgottenSample.model_id == model.id)))
-    for forget_rows in db.scalars(select(Job.forget_rows).where(
-            Job.model_id == model.id, Job.status.in_((QUEUED, RUNNING)))):
-        rows.update(forget_rows)
+    for job in pending:
+        rows.update(job.forget_rows)
     return rows
 
 
@@ -121,9 +127,10 @@ def rows_of_subject(db: Session, dataset: Dataset, subject: str) -> dict[str, in
     return rows
 
 
-def forget_set(db: Session, model: Model, body: DeletionRequestIn) -> dict[str, int]:
+def forget_set(db: Session, model: Model, body: DeletionRequestIn,
+               pending: list[Job]) -> dict[str, int]:
     dataset = db.get(Dataset, model.dataset_id)
-    unavailable = unavailable_rows(db, model)
+    unavailable = unavailable_rows(db, model, pending)
     if body.classes is not None or body.sample_ids is None:
         wanted = (rows_of_classes(db, dataset, body.classes) if body.classes is not None
                   else rows_of_subject(db, dataset, body.subject))
@@ -144,16 +151,17 @@ def forget_set(db: Session, model: Model, body: DeletionRequestIn) -> dict[str, 
 
 
 def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | None,
-             method: str, params: dict, fallback: list[dict], gate: dict) -> tuple[Job, bool]:
+             method: str, params: dict, fallback: list[dict], gate: dict,
+             pending: list[Job] | None = None) -> tuple[Job, bool]:
     """Merge into the model's waiting job of the same kind (method, parameters, fallback chain
-    and gate alike), or queue a new one; says whether the job is new.
+    and gate alike), or queue a new one; says whether the job is new. ``pending``: the
+    model's pending jobs when the caller has read them already.
 
     The caller holds the model's row lock, so a worker cannot claim the job mid-merge.
     """
-    waiting = db.scalars(select(Job).where(
-        Job.model_id == model.id, Job.status == QUEUED, Job.method == method,
-        Job.cancel_requested.is_(False)).order_by(Job.created_at)).all()
-    for job in waiting:
+    for job in pending_jobs(db, model) if pending is None else pending:
+        if job.status != QUEUED or job.method != method or job.cancel_requested:
+            continue
         same_terms = job.params == params and job.fallback == fallback and job.gate == gate
         if same_terms and (job.forget_classes is None) == (classes is None):
             job.forget_rows = sorted(set(job.forget_rows) | set(rows))
@@ -180,9 +188,10 @@ def create_request(db: Session, principal: Principal, model: Model,
     # Serialise requests on one model so two can never schedule the same sample.
     if not lock_row(db, Model, model.id):
         raise not_found("model", model.id)  # deleted since it was looked up
-    rows = forget_set(db, model, body)
+    pending = pending_jobs(db, model)
+    rows = forget_set(db, model, body, pending)
     job, new_job = schedule(db, model, list(rows.values()), body.classes, body.method, params,
-                            fallback, gate)
+                            fallback, gate, pending)
     received = utcnow()
     request = DeletionRequest(
         id=new_id("dr"), tenant_id=principal.tenant_id, model_id=model.id,
