@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 PRESET ?= smoke
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve worker test test-fast bench lint format clean
+.PHONY: install serve worker test test-fast bench estimate lint format clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ test-fast: install  ## the suite without the slow end-to-end tests
 
 bench: install  ## e.g. make bench PRESET=cpu (results in bench-out/PRESET)
 	$(BIN)/lethe bench --preset $(PRESET) --out bench-out/$(PRESET)
+
+estimate: install  ## without a GPU: e.g. make estimate PRESET=gpu-quick (an estimate, not a measurement)
+	$(BIN)/python -m worker.bench.estimate --preset $(PRESET) --time-data --out benchmarks/$(PRESET)/ESTIMATE.md
 
 lint: install
 	$(BIN)/ruff check .

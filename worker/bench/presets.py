@@ -74,6 +74,8 @@ class Preset:
     # Intra-op threads while the bench runs (None: torch's default). Tiny models run an order
     # of magnitude faster on one thread than on two busy cores, where threads wait on each other.
     torch_threads: int | None = None
+    # torch.compile the models ``train`` trains (original, retrain, finetune), on a GPU only.
+    compile: bool = False
 
     def with_dataset(self, path: Path, columns: TableColumns | None = None,
                      tokenizer: Path | None = None) -> Preset:
@@ -158,15 +160,51 @@ CPU = Preset(
     torch_threads=1,
 )
 
+# The GPU presets' recipe: the cpu preset's 128-row recipe (SGD, lr 0.05, momentum 0.9,
+# cosine) at a GPU-sized batch, its learning rate scaled linearly with the batch (Goyal et
+# al., "Accurate, Large Minibatch SGD", 2017) and warmed up linearly over the first epoch or
+# the first 5% of the steps, whichever is longer. Finetune (a fifth of the recipe's rate, at
+# its batch) scales with it; the methods keep their own batch sizes and rates, which were
+# tuned with them (benchmarks/tuning/).
+BASE_BATCH, BASE_LR = 128, 0.05
+GPU_BATCH = 512
+
+
+def scaled_recipe(epochs: int, batch_size: int = GPU_BATCH, **fields: Any) -> TrainingRecipe:
+    """The 128-row recipe at ``batch_size`` rows: lr × batch_size / 128, warmed up."""
+    return TrainingRecipe(epochs=epochs, batch_size=batch_size,
+                          lr=BASE_LR * batch_size / BASE_BATCH,
+                          warmup_ratio=round(max(0.05, 1 / epochs), 4), augment=True, **fields)
+
+
 GPU = Preset(
     name="gpu",
-    description="All of CIFAR-10 and ResNet-18, three seeds: for a machine with a GPU.",
+    description="All of CIFAR-10 and ResNet-18, three seeds, every method: for a machine "
+                "with a GPU.",
     dataset=DatasetSpec(CIFAR10),
     architecture="resnet18",
     architecture_config={},
-    recipe=TrainingRecipe(epochs=50, batch_size=256, lr=0.1, augment=True),
+    recipe=scaled_recipe(epochs=50),
     seeds=(0, 1, 2),
     variants=PAPER_VARIANTS,
+)
+
+# Sized for about 8 minutes on one H100-class GPU, the original model's training included
+# (benchmarks/gpu-quick/ESTIMATE.md; an estimate from a CPU profile until a GPU runs it):
+# 15 epochs of ResNet-18 train the original and each scenario's retrain, which with the
+# methods' own passes over D_r are most of the time.
+GPU_QUICK_METHODS = ("retrain", "projected-gradient", "deepclean", "feature-constraint",
+                     "salun", "finetune")
+GPU_QUICK = Preset(
+    name="gpu-quick",
+    description="All of CIFAR-10 and ResNet-18, one seed: the original, retrain, the three "
+                "core methods, salun and finetune; about 8 minutes on one H100-class GPU.",
+    dataset=DatasetSpec(CIFAR10),
+    architecture="resnet18",
+    architecture_config={},
+    recipe=scaled_recipe(epochs=15),
+    seeds=(0,),
+    methods=GPU_QUICK_METHODS,
 )
 
 
@@ -206,7 +244,7 @@ ZOO = PresetSuite(
     ),
 )
 
-PRESETS = {preset.name: preset for preset in (SMOKE, CPU, GPU)}
+PRESETS = {preset.name: preset for preset in (SMOKE, CPU, GPU, GPU_QUICK)}
 SUITES = {suite.name: suite for suite in (ZOO,)}
 
 

@@ -42,7 +42,7 @@ from worker.bench.scoring import (
 from worker.engine.architectures import ARCHITECTURES, Classifier, build_model
 from worker.engine.architectures.huggingface import with_labels
 from worker.engine.data.tables import TableColumns
-from worker.engine.device import pick_device
+from worker.engine.device import GPU_EVAL_BATCH, compiling, on_gpu, pick_device
 from worker.engine.gate import Gate, GateThresholds
 from worker.engine.methods import METHODS, ProgressFn, UnlearningData, UnlearningTask
 from worker.engine.metrics import (
@@ -299,7 +299,7 @@ class BenchRunner:
             seeds: tuple[int, ...], show_progress: bool = True) -> list[Trial]:
         steps = 1 + len(seeds) * (1 + len(scenarios) * len(contenders))  # 1: the warm-up
         trials: list[Trial] = []
-        with (threads(self.preset.torch_threads),
+        with (threads(self.preset.torch_threads), compiling(self.preset.compile),
               BenchProgress(steps, show_progress) as self.progress):
             self.warm_up()
             for seed in seeds:
@@ -418,7 +418,7 @@ class BenchRunner:
     def results(self, trials: list[Trial], scenarios: tuple[str, ...],
                 seeds: tuple[int, ...]) -> dict[str, Any]:
         rows = summarise(trials, REFERENCE)
-        return {
+        return self._gpu_settings() | {
             "preset": self.preset.name,
             "pair": self.preset.name,
             "dataset": {"source": self.preset.dataset.source, **self.data.describe()},
@@ -434,6 +434,15 @@ class BenchRunner:
             "rows": rows,
             "gate": gate_pass_rates(rows),
         }
+
+    def _gpu_settings(self) -> dict[str, Any]:
+        """On a GPU, the GPU and how it was used (results from a CPU carry no such key)."""
+        if not on_gpu(self.device):
+            return {}
+        return {"gpu": {"name": torch.cuda.get_device_name(self.device),
+                        "autocast": "bf16" if torch.cuda.is_bf16_supported() else "none",
+                        "channels_last": True, "data_on_device": True,
+                        "eval_batch": GPU_EVAL_BATCH, "compile": self.preset.compile}}
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from sklearn.svm import SVC
 from torch import nn
 
 from worker.engine.architectures._base import output_classes
+from worker.engine.device import eval_batch_size, image_layout, on_gpu
 
 if TYPE_CHECKING:  # importing at run time would be circular (methods -> training -> metrics)
     from worker.engine.methods import UnlearningData
@@ -44,14 +45,20 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device,
-                   batch_size: int = 512) -> torch.Tensor:
-    """Logits for every row of ``x`` as float32 on the CPU; moves ``model`` to ``device``."""
+                   batch_size: int | None = None) -> torch.Tensor:
+    """Logits for every row of ``x`` as float32 on the CPU; moves ``model`` to ``device``.
+    Batches of 512 rows on a CPU, ``eval_batch_size`` on a GPU (images channels-last there);
+    float32 everywhere (no autocast: these are the reported figures)."""
     model.to(device)
     if len(x) == 0:
         return torch.empty(0, output_classes(model))
+    batch_size = batch_size or eval_batch_size(device, 512)
+    gpu = on_gpu(device)
     with _eval_mode(model), torch.inference_mode():
-        batches = [model(x[start:start + batch_size].to(device)).float().cpu()
-                   for start in range(0, len(x), batch_size)]
+        batches = []
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].to(device)
+            batches.append(model(image_layout(xb) if gpu else xb).float().cpu())
     return torch.cat(batches)
 
 

@@ -18,8 +18,15 @@ from torch import nn
 from tqdm import tqdm
 
 from worker.engine.architectures import ARCHITECTURES, Classifier
+from worker.engine.data.device_batches import DeviceBatches, device_batches, fits_on
 from worker.engine.data.formats import load_dataset_file
-from worker.engine.device import pick_device
+from worker.engine.device import (
+    autocast_for,
+    channels_last,
+    maybe_compiled,
+    on_gpu,
+    pick_device,
+)
 from worker.engine.metrics import accuracy
 
 
@@ -66,9 +73,18 @@ def iterate_batches(
     shuffle: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of in-memory tensors (much faster than a DataLoader for small inputs).
-    ``drop_last`` leaves out a final, smaller batch when a full one came before it."""
+    ``drop_last`` leaves out a final, smaller batch when a full one came before it.
+
+    With a GPU ``device`` the tensors are moved there once and the batches are sliced there
+    (:mod:`worker.engine.data.device_batches`): the same rows in the same order, drawn from
+    the same generator. Without one, or with a CPU, the batches stay where ``x`` is."""
+    if on_gpu(device) and fits_on(device, x, y):
+        yield from device_batches(x, y, batch_size, shuffle=shuffle, generator=generator,
+                                  drop_last=drop_last, device=device)
+        return
     n = len(x)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     end = n - n % batch_size if drop_last and n > batch_size else n
@@ -154,19 +170,47 @@ def train(
     steps_per_epoch = (len(x) // recipe.batch_size if drop_last
                        else max(1, -(-len(x) // recipe.batch_size)))
     scheduler = make_scheduler(optimizer, recipe, epochs * steps_per_epoch)
-    for epoch in range(epochs):
-        for xb, yb in iterate_batches(x, y, recipe.batch_size, shuffle=True, generator=generator,
-                                      drop_last=drop_last):
+    epoch_batches = _epoch_batches(x, y, recipe, device, generator, drop_last)
+    # On a GPU: channels-last weights (the batches come channels-last), bf16 autocast for the
+    # forward pass and the loss (parameters, gradients and SGD state stay float32), and the
+    # compiled model when the bench preset asks for it. On a CPU all three are no-ops.
+    images = on_gpu(device) and x.dim() == 4
+    with channels_last(model, enabled=images):
+        net = maybe_compiled(model, device)
+        for epoch in range(epochs):
+            for xb, yb in epoch_batches():
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_for(device):
+                    loss = F.cross_entropy(net(xb), yb)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            if progress is not None:
+                progress((epoch + 1) / epochs)
+    return model.eval()
+
+
+def _epoch_batches(x: torch.Tensor, y: torch.Tensor, recipe: TrainingRecipe,
+                   device: torch.device, generator: torch.Generator, drop_last: bool
+                   ) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """Each call, one shuffled (and, per the recipe, augmented) pass over ``(x, y)`` on
+    ``device``. On a GPU the data is moved there once for all passes and augmented there;
+    on a CPU (or when it would not fit) batches are sliced on the host and copied, as they
+    always were. Both draw the same permutations and crops from ``generator``."""
+    if on_gpu(device) and fits_on(device, x, y):
+        resident = DeviceBatches(x, y, device)
+        return lambda: resident.epoch(recipe.batch_size, shuffle=True, generator=generator,
+                                      drop_last=drop_last, augment=recipe.augment)
+
+    def host_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for xb, yb in iterate_batches(x, y, recipe.batch_size, shuffle=True,
+                                      generator=generator, drop_last=drop_last):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             if recipe.augment:
                 xb = augment_images(xb, generator)
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            optimizer.step()
-            scheduler.step()
-        if progress is not None:
-            progress((epoch + 1) / epochs)
-    return model.eval()
+            yield xb, yb
+
+    return host_batches
 
 
 def save_state_dict(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:

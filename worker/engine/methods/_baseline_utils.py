@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.engine.device import autocast_for
 from worker.engine.methods._base import ProgressFn, UnlearningData
 from worker.engine.methods._common import random_rows
 from worker.engine.training import iterate_batches
@@ -74,20 +75,25 @@ def steps_per_epoch(rows: int, batch_size: int) -> int:
 
 
 def cycled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                   generator: torch.Generator) -> Iterator[Batch]:
-    """Shuffled mini-batches without end, reshuffled on every pass."""
+                   generator: torch.Generator,
+                   device: torch.device | None = None) -> Iterator[Batch]:
+    """Shuffled mini-batches without end, reshuffled on every pass (sliced on a GPU
+    ``device``, see ``iterate_batches``)."""
     if len(x) == 0:
         raise ValueError("cannot cycle over an empty set")
     while True:
-        yield from iterate_batches(x, y, batch_size, shuffle=True, generator=generator)
+        yield from iterate_batches(x, y, batch_size, shuffle=True, generator=generator,
+                                   device=device)
 
 
 def paired_batches(lead: Batch, partner: Batch, batch_size: int, generator: torch.Generator,
-                   partner_batch_size: int | None = None) -> Iterator[tuple[Batch, Batch]]:
+                   partner_batch_size: int | None = None,
+                   device: torch.device | None = None) -> Iterator[tuple[Batch, Batch]]:
     """One shuffled pass over ``lead``, each batch paired with the next batch of ``partner``,
     which is cycled so that it never runs out (D_f is usually much smaller than D_r)."""
-    partners = cycled_batches(*partner, partner_batch_size or batch_size, generator)
-    for batch in iterate_batches(*lead, batch_size, shuffle=True, generator=generator):
+    partners = cycled_batches(*partner, partner_batch_size or batch_size, generator, device)
+    for batch in iterate_batches(*lead, batch_size, shuffle=True, generator=generator,
+                                 device=device):
         yield batch, next(partners)
 
 
@@ -137,16 +143,22 @@ def train_cross_entropy(
     adjust_gradients: Callable[[], None] | None = None,
 ) -> list[float]:
     """Cross-entropy training in place; returns each epoch's mean loss. ``penalty(epoch)`` is
-    added to every step's loss; ``adjust_gradients`` runs between backward and step."""
+    added to every step's loss; ``adjust_gradients`` runs between backward and step.
+
+    On a GPU the data is sliced on the device, the forward pass runs under bf16 autocast
+    (the loss itself in float32) and the epoch's loss is summed on the device, so no step
+    waits for the GPU; the float64 sum is the one the CPU's Python floats add up to."""
     x, y = data
     steps = StepProgress(progress, epochs * steps_per_epoch(len(x), batch_size))
     epoch_losses = []
     for epoch in range(epochs):
         model.train()
-        total, count = 0.0, 0
-        for xb, yb in iterate_batches(x, y, batch_size, shuffle=True, generator=generator):
-            loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
-            total, count = total + loss.item() * len(xb), count + len(xb)
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+        for xb, yb in iterate_batches(x, y, batch_size, shuffle=True, generator=generator,
+                                      device=device):
+            with autocast_for(device):
+                loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
+            total, count = total + loss.detach().double() * len(xb), count + len(xb)
             if penalty is not None:
                 loss = loss + penalty(epoch)
             optimizer.zero_grad(set_to_none=True)
@@ -155,7 +167,7 @@ def train_cross_entropy(
                 adjust_gradients()
             optimizer.step()
             steps.advance()
-        epoch_losses.append(total / max(1, count))
+        epoch_losses.append(total.item() / max(1, count))
     return epoch_losses
 
 

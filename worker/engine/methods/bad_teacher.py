@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from worker.engine.device import autocast_for
 from worker.engine.methods._base import (
     MethodParams,
     UnlearningMethod,
@@ -66,12 +67,15 @@ class BadTeacher(UnlearningMethod):
             student.train()
             total = 0.0
             for xb, forget_rows in iterate_batches(x, is_forget, params.batch_size,
-                                                   shuffle=True, generator=generator):
+                                                   shuffle=True, generator=generator,
+                                                   device=task.device):
                 xb, forget_rows = xb.to(task.device), forget_rows.to(task.device)
-                with torch.no_grad():
-                    teacher_logits = torch.where(forget_rows[:, None], incompetent(xb),
-                                                 competent(xb))
-                loss = distillation_kl(student(xb), teacher_logits, params.temperature)
+                # bf16 forward passes on a GPU; the KL (log-softmax) runs in float32.
+                with autocast_for(task.device):
+                    with torch.no_grad():
+                        teacher_logits = torch.where(forget_rows[:, None], incompetent(xb),
+                                                     competent(xb))
+                    loss = distillation_kl(student(xb), teacher_logits, params.temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -30,6 +30,7 @@ from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from worker.engine.device import autocast_for
 from worker.engine.inputs import TokenBatch
 from worker.engine.methods._base import (
     MethodParams,
@@ -360,10 +361,14 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: Unle
         model.train()
         freeze_norm_statistics(model)
         for xb, yb in iterate_batches(data.x_train[rows], data.y_train[rows], params.batch_size,
-                                      shuffle=True, generator=generator):
+                                      shuffle=True, generator=generator, device=task.device):
             optimizer.zero_grad(set_to_none=True)
-            logits = model(xb.to(task.device))
-            nn.functional.cross_entropy(logits, yb.to(task.device)).backward()
+            # bf16 forward pass on a GPU (the Fisher diagonals above stay float32: exact
+            # per-sample gradients decide which weights are reset).
+            with autocast_for(task.device):
+                logits = model(xb.to(task.device))
+                loss = nn.functional.cross_entropy(logits, yb.to(task.device))
+            loss.backward()
             for name, parameter in trainable.items():
                 parameter.grad.mul_(masks[name])
             optimizer.step()

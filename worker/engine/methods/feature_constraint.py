@@ -33,6 +33,7 @@ from pydantic import Field
 from torch import nn
 
 from worker.engine.architectures import classification_head
+from worker.engine.device import autocast_for
 from worker.engine.methods._base import (
     MethodParams,
     UnlearningMethod,
@@ -330,7 +331,8 @@ class _FeatureConstraintRun:
 
     def _recover_step(self, batch: Batch) -> float:
         x, y = batch[0].to(self.task.device), batch[1].to(self.task.device)
-        loss = F.cross_entropy(self.model(x), y)
+        with autocast_for(self.task.device):
+            loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -353,13 +355,16 @@ class _FeatureConstraintRun:
         recover_x, recover_y = recover_batch[0].to(device), recover_batch[1].to(device)
         self.student_features.clear()
         self.teacher_features.clear()
-        with torch.no_grad():
-            self.teacher(forget_x)
-        self.model(forget_x)
-        losses = torch.stack([
-            feature_distance(self.student_features[0], self.teacher_features[0]),
-            F.cross_entropy(self.model(recover_x), recover_y),
-        ])
+        # bf16 forward passes on a GPU; the feature distance and cross-entropy in float32.
+        with autocast_for(device):
+            with torch.no_grad():
+                self.teacher(forget_x)
+            self.model(forget_x)
+        forget_loss = feature_distance(self.student_features[0].float(),
+                                       self.teacher_features[0].float())
+        with autocast_for(device):
+            recover_loss = F.cross_entropy(self.model(recover_x), recover_y)
+        losses = torch.stack([forget_loss, recover_loss.float()])
         self.optimizer.zero_grad(set_to_none=True)
         self.balance.combine(losses).backward()
         self.optimizer.step()
@@ -395,7 +400,7 @@ class _FeatureConstraintRun:
         produced = 0
         while produced < steps and len(tensors[0]):
             for batch in iterate_batches(*tensors, self.params.batch_size, shuffle=True,
-                                         generator=self.generator):
+                                         generator=self.generator, device=self.task.device):
                 if produced == steps:
                     return
                 produced += 1

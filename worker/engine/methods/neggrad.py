@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from worker.engine.device import autocast_for
 from worker.engine.methods._base import (
     MethodParams,
     UnlearningMethod,
@@ -70,7 +71,8 @@ class NegGradPlus(UnlearningMethod):
         for epoch in range(1, params.epochs + 1):
             model.train()
             losses = []
-            for batches in paired_batches(retain, forget, params.batch_size, generator):
+            for batches in paired_batches(retain, forget, params.batch_size, generator,
+                                          device=task.device):
                 losses.append(neggrad_step(model, optimizer, params.alpha, task.device, *batches))
                 steps.advance()
             retain_loss, forget_loss = torch.tensor(losses).mean(0).tolist()
@@ -82,8 +84,9 @@ class NegGradPlus(UnlearningMethod):
 def neggrad_step(model: nn.Module, optimizer: torch.optim.Optimizer, alpha: float,
                  device: torch.device, retain: Batch, forget: Batch) -> tuple[float, float]:
     """One SGD step on α·CE(retain batch) − (1−α)·CE(forget batch); returns both losses."""
-    retain_loss = F.cross_entropy(model(retain[0].to(device)), retain[1].to(device))
-    forget_loss = F.cross_entropy(model(forget[0].to(device)), forget[1].to(device))
+    with autocast_for(device):  # bf16 forward passes on a GPU (the losses in float32)
+        retain_loss = F.cross_entropy(model(retain[0].to(device)), retain[1].to(device))
+        forget_loss = F.cross_entropy(model(forget[0].to(device)), forget[1].to(device))
     optimizer.zero_grad(set_to_none=True)
     (alpha * retain_loss - (1 - alpha) * forget_loss).backward()
     optimizer.step()

@@ -548,11 +548,14 @@ class _Descent:
         return lr if lr > 0 else 1.0
 
     def _epoch(self, lr: float) -> None:
+        # float32 on a GPU too (no autocast): the descent is a few dozen steps over D_f, its
+        # step is sized by _sized_lr's float32 gradient, and its gradients are projected onto
+        # bases from float64 eigendecompositions; the matrices need exact inputs as well.
         self.model.train()
         freeze_norm_statistics(self.model)
         device = self.task.device
         for xb, yb in iterate_batches(self.forget_x, self.forget_y, self.params.batch_size,
-                                      shuffle=True, generator=self.generator):
+                                      shuffle=True, generator=self.generator, device=device):
             self.model.zero_grad(set_to_none=True)
             logits = self.model(xb.to(device))
             unlearning_loss(logits, yb.to(device), self.params.offset,

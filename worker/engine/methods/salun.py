@@ -84,11 +84,12 @@ class SalUn(UnlearningMethod):
 def forget_loss_saliency(model: nn.Module, forget: Batch, batch_size: int,
                          device: torch.device) -> dict[str, torch.Tensor]:
     """|∇θ CE(D_f)| per weight, the gradient of the mean loss over all of D_f (accumulated
-    batch by batch), with the model in eval mode."""
+    batch by batch), with the model in eval mode. In float32 on a GPU too (no autocast):
+    these magnitudes rank the weights, and bf16 would reorder those near the threshold."""
     model.eval()
     params = dict(model.named_parameters())
     total = {name: torch.zeros_like(p) for name, p in params.items()}
-    for xb, yb in iterate_batches(*forget, batch_size, shuffle=False):
+    for xb, yb in iterate_batches(*forget, batch_size, shuffle=False, device=device):
         loss = F.cross_entropy(model(xb.to(device)), yb.to(device), reduction="sum")
         gradients = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         for name, gradient in zip(params, gradients, strict=True):

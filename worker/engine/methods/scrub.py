@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from worker.engine.device import autocast_for
 from worker.engine.methods._base import (
     MethodParams,
     UnlearningMethod,
@@ -106,8 +107,10 @@ class _ScrubRun:
         """One epoch over ``data`` descending ``loss_fn``; returns the mean of what it reports."""
         self.student.train()
         total = 0.0
-        for xb, yb in iterate_batches(*data, batch_size, shuffle=True, generator=self.generator):
-            loss, reported = loss_fn(xb.to(self.device), yb.to(self.device))
+        for xb, yb in iterate_batches(*data, batch_size, shuffle=True, generator=self.generator,
+                                      device=self.device):
+            with autocast_for(self.device):  # bf16 forward passes on a GPU, KL/CE in float32
+                loss, reported = loss_fn(xb.to(self.device), yb.to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
