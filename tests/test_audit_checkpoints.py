@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import delete, func, select, text
 
+from tests.audit_tampering import rewrite_audit_history
 from tests.conftest import Api
 from tests.services import fresh_postgres_database
 
@@ -80,23 +81,6 @@ def chain(request, configure) -> Iterator[Chain]:
         yield from start()
 
 
-def rewrite_from(seq: int, data: dict) -> None:
-    """Edit an event and recompute every later hash and the head, as someone with write access
-    to the database (but not the receipt key) could."""
-    from app.audit.service import GENESIS, event_hash
-    from app.audit.tables import AuditEvent, AuditHead
-    from app.core.db import session_scope
-
-    with session_scope() as db:
-        prev = GENESIS
-        for event in db.scalars(select(AuditEvent).order_by(AuditEvent.seq)):
-            if event.seq == seq:
-                event.data = data
-            event.prev_hash = prev
-            event.hash = prev = event_hash(event)
-        db.get(AuditHead, 1).last_hash = prev
-
-
 def test_incremental_verification_rehashes_only_after_the_checkpoint(chain):
     chain.append(10)
     first = chain.verify()
@@ -142,14 +126,14 @@ def test_a_rewrite_before_the_checkpoint_with_recomputed_hashes_is_found(chain):
     chain.verify()
     assert chain.checkpoints() == [(10, 10), (16, 16)]
 
-    rewrite_from(13, {"i": 999})  # between the two checkpoints
+    rewrite_audit_history(13, {"i": 999})  # between the two checkpoints
     assert chain.verify(full="true")["checkpoint_mismatch_seq"] == 16
     verdict = chain.verify()
     assert verdict == {"valid": False, "checked": 10, "first_invalid_seq": None,
                        "anchor_matches": None, "full": False, "verified_from_seq": 10,
                        "checkpoint_mismatch_seq": 16}  # the chain itself links up again
 
-    rewrite_from(3, {"i": -1})  # before both
+    rewrite_audit_history(3, {"i": -1})  # before both
     for verdict in (chain.verify(), chain.verify(full="true")):
         assert verdict["valid"] is False and verdict["checkpoint_mismatch_seq"] == 10
         assert verdict["verified_from_seq"] == 0 and verdict["checked"] == 0

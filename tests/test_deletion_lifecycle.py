@@ -10,6 +10,7 @@ import numpy as np
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from tests.audit_tampering import rewrite_audit_history
 from tests.test_api_flow import register_digits, sample_ids
 
 
@@ -234,25 +235,6 @@ def test_erasure_waits_for_every_model_then_removes_the_bytes(sqlite_api, digits
     assert api.get(f"/v1/datasets/{dataset['id']}").json()["sha256"] == dataset["sha256"]
 
 
-def _rewrite_history(seq: int, data: dict) -> None:
-    """What someone with write access to the database could do: edit an event, then recompute
-    every later hash and the head, so the chain is consistent again."""
-    from sqlalchemy import select
-
-    from app.audit.service import GENESIS, event_hash
-    from app.audit.tables import AuditEvent, AuditHead
-    from app.core.db import session_scope
-
-    with session_scope() as db:
-        prev = GENESIS
-        for event in db.scalars(select(AuditEvent).order_by(AuditEvent.seq)):
-            if event.seq == seq:
-                event.data = data
-            event.prev_hash = prev
-            event.hash = prev = event_hash(event)
-        db.get(AuditHead, 1).last_hash = prev
-
-
 def test_a_rewritten_trail_is_caught_by_an_auditor_holding_an_earlier_receipt(
         sqlite_api, digits_npz, digits_weights, tmp_path):
     api = sqlite_api
@@ -277,7 +259,7 @@ def test_a_rewritten_trail_is_caught_by_an_auditor_holding_an_earlier_receipt(
 
     events = api.get("/v1/audit", params={"limit": 1000}).json()["items"]
     victim = next(e for e in events if e["action"] == "deletion_request.received")
-    _rewrite_history(victim["seq"], victim["data"] | {"num_samples": 1})
+    rewrite_audit_history(victim["seq"], victim["data"] | {"num_samples": 1})
 
     assert api.get("/v1/audit/verify").json()["valid"] is True  # the chain alone is fooled
     verdict = api.get("/v1/audit/verify", params=params).json()
