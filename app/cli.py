@@ -95,12 +95,13 @@ def worker(
              "job delivers no webhook meanwhile: run a `--queues webhooks` worker too.")
     ] = "jobs,webhooks",
     node: Annotated[str | None, typer.Option(
-        help="This worker's Celery node name, NAME@HOST; default celery@HOSTNAME (workers "
-             "sharing a host need distinct ones).")] = None,
+        help="This worker's Celery node name, NAME@HOST; default lethe-PID@HOSTNAME, distinct "
+             "for every worker of a host.")] = None,
 ) -> None:
     """Run a Celery worker for the unlearning queue (and webhook deliveries)."""
     from app.core.config import get_settings
     from worker.celery_app import celery_app
+    from worker.nodes import announced, default_node_name
 
     settings = get_settings()
     if settings.embedded_worker:
@@ -109,9 +110,11 @@ def worker(
     wanted = [q.strip() for q in queues.split(",") if q.strip()]
     if not wanted or set(wanted) - set(names):
         raise typer.BadParameter("jobs, webhooks, or both", param_hint="--queues")
-    celery_app.worker_main(["worker", "--queues", ",".join(names[q] for q in wanted),
-                            "--concurrency", str(concurrency), "--loglevel", loglevel,
-                            "--pool", "prefork", *(["--hostname", node] if node else [])])
+    node = node or default_node_name()
+    with announced(settings.home, node):  # where `lethe health worker` finds whom to ask
+        celery_app.worker_main(["worker", "--queues", ",".join(names[q] for q in wanted),
+                                "--concurrency", str(concurrency), "--loglevel", loglevel,
+                                "--pool", "prefork", "--hostname", node])
 
 
 @cli.command()
@@ -121,7 +124,8 @@ def health(
              "reachable); worker: this machine's Celery worker answers a ping.")] = "api",
     port: Annotated[int, typer.Option(help="The API's port (role api).")] = 8000,
     node: Annotated[str | None, typer.Option(
-        help="The worker's node name (role worker); default Celery's own, celery@HOSTNAME.")
+        help="The worker's node name (role worker); default the workers `lethe worker` runs "
+             "on this host (or in this container), else Celery's own celery@HOSTNAME.")
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.")] = 5.0,
 ) -> None:
@@ -144,25 +148,36 @@ def health(
             raise typer.Exit(1)
         typer.echo(f"healthy: {url} answered 200")
     elif role == "worker":
-        from celery.utils.nodenames import default_nodename
-
-        from app.core.config import get_settings
-        from worker.celery_app import celery_app
-
-        if get_settings().embedded_worker:
-            raise typer.BadParameter("set LETHE_BROKER_URL: there is no Celery worker to ask")
-        name = node or default_nodename(None)
-        try:
-            replies = celery_app.control.ping(destination=[name], timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - a broker that cannot be reached is unhealthy
-            typer.echo(f"unhealthy: cannot ask {name}: {exc}", err=True)
-            raise typer.Exit(1) from None
-        if not any(reply.get(name, {}).get("ok") == "pong" for reply in replies):
-            typer.echo(f"unhealthy: worker {name} did not answer within {timeout} s", err=True)
-            raise typer.Exit(1)
-        typer.echo(f"healthy: worker {name} answered")
+        _check_workers(node, timeout)
     else:
         raise typer.BadParameter("api or worker", param_hint="ROLE")
+
+
+def _check_workers(node: str | None, timeout: float) -> None:
+    """Exit 1 unless every asked worker answers a ping (see worker.nodes: whom to ask)."""
+    from celery.utils.nodenames import default_nodename
+
+    from app.core.config import get_settings
+    from worker.celery_app import celery_app
+    from worker.nodes import running_nodes
+
+    settings = get_settings()
+    if settings.embedded_worker:
+        raise typer.BadParameter("set LETHE_BROKER_URL: there is no Celery worker to ask")
+    names = [node] if node else running_nodes(settings.home) or [default_nodename(None)]
+    try:
+        replies = celery_app.control.ping(destination=names, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - a broker that cannot be reached is unhealthy
+        typer.echo(f"unhealthy: cannot ask {', '.join(names)}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    answered = {name for reply in replies for name, answer in reply.items()
+                if answer.get("ok") == "pong"}
+    silent = [name for name in names if name not in answered]
+    if silent:
+        typer.echo(f"unhealthy: worker {', '.join(silent)} did not answer within {timeout} s",
+                   err=True)
+        raise typer.Exit(1)
+    typer.echo(f"healthy: worker {', '.join(names)} answered")
 
 
 Revision = Annotated[str, typer.Argument(help="An Alembic revision: an id such as 0003, "

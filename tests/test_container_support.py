@@ -92,30 +92,66 @@ def test_api_health_fails_when_nothing_listens(readyz):
     assert "unhealthy" in result.output
 
 
-def test_worker_health_asks_this_hosts_node_only(configure, monkeypatch):
-    import socket
-
+def _answering(monkeypatch, nodes: set[str]) -> list:
+    """Stand in for the broker's ping: the named nodes answer; returns what was asked."""
     from worker.celery_app import celery_app
 
-    configure(broker_url="redis://127.0.0.1:1/0")
     asked = []
 
     def ping(destination, timeout):
         asked.append(destination)
-        return [{node: {"ok": "pong"}} for node in destination if node == answering]
+        return [{node: {"ok": "pong"}} for node in destination if node in nodes]
 
     monkeypatch.setattr(celery_app.control, "ping", ping)
-    answering = f"celery@{socket.gethostname()}"
+    return asked
+
+
+def test_worker_health_asks_this_hosts_node_only(configure, monkeypatch):
+    import socket
+
+    configure(broker_url="redis://127.0.0.1:1/0")
+    default = f"celery@{socket.gethostname()}"  # no `lethe worker` runs here: Celery's own
+    asked = _answering(monkeypatch, {default})
     result = _health("worker")
     assert result.exit_code == 0, result.output
-    assert asked == [[answering]]
+    assert asked == [[default]]
     # Another worker answering on the same broker does not make this one healthy.
-    answering = "celery@elsewhere"
+    _answering(monkeypatch, {"celery@elsewhere"})
     result = _health("worker", "--timeout", "0.1")
     assert result.exit_code == 1
     assert "did not answer" in result.output
     result = _health("worker", "--node", "celery@elsewhere")
     assert result.exit_code == 0, result.output
+
+
+def test_workers_of_one_host_have_names_of_their_own_and_health_asks_each(configure,
+                                                                          monkeypatch):
+    import subprocess
+    import sys
+
+    from worker.nodes import announced, default_node_name, running_nodes
+
+    home = configure(broker_url="redis://127.0.0.1:1/0")
+    sibling = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ours, theirs = default_node_name(), default_node_name(sibling.pid)
+        assert ours != theirs and ours.split("@")[1] == theirs.split("@")[1]
+        (home / "run").mkdir(parents=True, exist_ok=True)
+        (home / "run" / f"worker-{sibling.pid}.node").write_text(theirs)
+        (home / "run" / "worker-999999999.node").write_text("lethe-gone@host")  # dead
+        with announced(home, ours):
+            assert sorted(running_nodes(home)) == sorted([ours, theirs])
+            asked = _answering(monkeypatch, {ours, theirs})
+            assert _health("worker").exit_code == 0
+            assert sorted(asked[0]) == sorted([ours, theirs])
+            _answering(monkeypatch, {ours})  # the sibling hangs: the host is unhealthy
+            result = _health("worker", "--timeout", "0.1")
+            assert result.exit_code == 1 and theirs in result.output
+        assert running_nodes(home) == [theirs]  # ours left with its worker
+        assert not (home / "run" / "worker-999999999.node").exists()
+    finally:
+        sibling.kill()
+        sibling.wait()
 
 
 def test_worker_health_needs_a_broker(configure):
