@@ -186,6 +186,9 @@ class EmbeddedWorker:
 def start_embedded_worker() -> EmbeddedWorker:
     global _embedded
     if _embedded is None:
+        from worker.execution import freeze_what_came_before_jobs
+
+        freeze_what_came_before_jobs()
         _embedded = EmbeddedWorker(get_settings().local_workers)
         _embedded.start()
     return _embedded

@@ -105,6 +105,22 @@ def execute_job(job_id: str, worker: str) -> Execution:
         release_memory()
 
 
+def freeze_what_came_before_jobs() -> None:
+    """Put what the process held before its first job (modules, settings, pools: some 300k
+    objects) out of the collector's reach, once: the full collection after each job then
+    scans only what jobs made, milliseconds instead of 0.2 s, which was longer than a small
+    job itself. What is frozen is never collected, so this runs before any job's objects
+    exist."""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
+
+
+_frozen = False
+
+
 def release_memory() -> None:
     """Free what the job held (models, activations, cached GPU blocks), so the process can
     take the next message as it was before this one."""

@@ -13,7 +13,7 @@ from app.core.storage import get_blob_store
 from worker.celery_app import celery_app
 from worker.claims import Verdict
 from worker.dispatch import send_job, sweep_stalled, sweep_webhooks
-from worker.execution import execute_job
+from worker.execution import execute_job, freeze_what_came_before_jobs
 from worker.maintenance import periodic_upkeep
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def _fresh_connections(**_kwargs) -> None:
 
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
+    freeze_what_came_before_jobs()
 
 
 @worker_ready.connect
