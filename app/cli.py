@@ -336,9 +336,19 @@ def train(
         f"accuracy {summary['test_accuracy']:.3f}", f"wrote {out}"])
 
 
-@cli.command()
+# `lethe bench` keeps its options for the methods' benchmark; `lethe bench service` is the
+# service's own (app/ops/bench).
+bench_cli = typer.Typer(help="Benchmark unlearning methods against retraining (or tune one "
+                        "with --tune); `lethe bench service`: the service's own benchmark.")
+cli.add_typer(bench_cli, name="bench")
+
+
+@bench_cli.callback(invoke_without_command=True)
 def bench(
-    preset: Annotated[str, typer.Option(help="smoke, cpu, gpu, or zoo (four pairs).")] = "smoke",
+    ctx: typer.Context,
+    preset: Annotated[str, typer.Option(
+        help="smoke, cpu, gpu, gpu-quick (one seed; about 8 minutes on an H100, an estimate), "
+             "or zoo (four pairs).")] = "smoke",
     out: Annotated[Path, typer.Option(help="Directory for the results.")] = Path("bench-out"),
     methods: Annotated[str | None, typer.Option(
         help="Comma list of methods or labelled variants, e.g. 'projected-gradient (paper)'; "
@@ -385,6 +395,8 @@ def bench(
              "subset leaves out.")] = "carve",
 ) -> None:
     """Benchmark unlearning methods against retraining (or tune one with --tune)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from worker.bench import BenchConfigError, parse_csv
     from worker.bench.runner import run_bench
     from worker.bench.tune import run_tune
@@ -418,6 +430,42 @@ def bench(
                             **common))
     except (BenchConfigError, json.JSONDecodeError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    emit(as_json, {kind: str(path) for kind, path in output.paths.items()},
+         [f"{kind}: {path}" for kind, path in output.paths.items()])
+
+
+@bench_cli.command("service")
+def bench_service(
+    out: Annotated[Path, typer.Option(help="Directory for results.json and results.md.")
+                   ] = Path("bench-out/service"),
+    stacks: Annotated[str, typer.Option(help="Comma list of embedded, postgres.")
+                      ] = "embedded,postgres",
+    duration: Annotated[float | None, typer.Option(
+        min=0.5, help="Seconds of each load point; default 10 (3 with --quick).")] = None,
+    quick: Annotated[bool, typer.Option(
+        help="A minute or two: short windows, few trials, small audit chains.")] = False,
+    audit_sizes: Annotated[str | None, typer.Option(
+        help="Comma list of audit chain lengths to verify at, e.g. 100000,1000000; default "
+             "10000,100000,300000,1000000 (10000,30000,100000 with --quick).")] = None,
+    postgres_url: Annotated[str, typer.Option(
+        envvar="LETHE_BENCH_POSTGRES_URL", help="A PostgreSQL server the postgres stack may "
+        "create (and drop) a database of its own on.")
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    redis_url: Annotated[str, typer.Option(
+        envvar="LETHE_BENCH_REDIS_URL", help="The postgres stack's broker (its queue is "
+        "named for the run alone).")] = "redis://127.0.0.1:6379/14",
+    as_json: Json = False,
+) -> None:
+    """Measure the running service itself: polls, deletion requests, job latency and
+    overhead, audit verification, jobs per minute; results in --out."""
+    from app.ops.bench.runner import BenchOptions, run_service_bench
+
+    try:
+        options = BenchOptions.from_cli(out, stacks, duration, quick, audit_sizes,
+                                        postgres_url, redis_url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    output = run_service_bench(options)
     emit(as_json, {kind: str(path) for kind, path in output.paths.items()},
          [f"{kind}: {path}" for kind, path in output.paths.items()])
 
