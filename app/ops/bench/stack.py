@@ -154,6 +154,7 @@ class Stack:
     tenant_id: str | None = None
     api: Process | None = None
     workers: list[Process] = field(default_factory=list)
+    worker_threads: int | None = None  # each worker's LETHE_TORCH_THREADS
     others: list[Process] = field(default_factory=list)
 
     @property
@@ -165,7 +166,8 @@ class Stack:
         port = free_port()
         self.api = spawn("api", lethe_command("serve", "--host", "127.0.0.1", "--port",
                                               str(port)), self.env, self.home)
-        started = [self._spawn_worker() for _ in range(workers)]
+        started = [self._spawn_worker(max(1, (os.cpu_count() or 1) // workers))
+                   for _ in range(workers)]
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(url, self.api)  # the embedded database is migrated by then
         token = create_api_key(self.database_url, "bench")
@@ -177,17 +179,20 @@ class Stack:
         """Run exactly ``count`` Celery workers of one process each (``lethe worker``), the
         host's cores shared among them (LETHE_TORCH_THREADS): workers on one host that each
         take every core slow each other down, as an operator's would."""
+        threads = max(1, (os.cpu_count() or 1) // count)
+        if len(self.workers) == count and self.worker_threads == threads:
+            return  # a worker start costs seconds (torch's import): keep what fits
         stop_all(self.workers)
         self.workers.clear()
-        threads = max(1, (os.cpu_count() or 1) // count)
-        started = [self._spawn_worker(torch_threads=threads) for _ in range(count)]
+        started = [self._spawn_worker(threads) for _ in range(count)]
         for worker in started:
             wait_for_log_line(worker, " ready.")
 
-    def _spawn_worker(self, torch_threads: int | None = None) -> Process:
+    def _spawn_worker(self, torch_threads: int) -> Process:
         number = len(self.workers) + 1
         node = f"bench{number}-{secrets.token_hex(3)}@{socket.gethostname()}"
-        env = self.env | ({"LETHE_TORCH_THREADS": str(torch_threads)} if torch_threads else {})
+        self.worker_threads = torch_threads
+        env = self.env | {"LETHE_TORCH_THREADS": str(torch_threads)}
         worker = spawn(f"worker-{number}", lethe_command(
             "worker", "--concurrency", "1", "--node", node, "--loglevel", "INFO"),
             env, self.home)
