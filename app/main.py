@@ -52,9 +52,10 @@ def create_app(run_worker: bool = True) -> FastAPI:
     app.state.run_worker = run_worker
     install_error_handlers(app)
     install_problem_schema(app)
-    for router in (ops_router, catalogue_router, datasets_router, models_router,
-                   deletion_requests_router, jobs_router, audit_router, webhooks_router,
-                   api_keys_router):
+    # Routes are matched in order, one by one: the jobs' come first, as every waiting client
+    # polls them (their /v1/jobs prefix is no other router's).
+    for router in (jobs_router, ops_router, catalogue_router, datasets_router, models_router,
+                   deletion_requests_router, audit_router, webhooks_router, api_keys_router):
         app.include_router(router)
     install_console(app)  # /ui: the web console, signed in with an API key
 

@@ -156,6 +156,32 @@ def test_bad_deletion_requests_change_nothing(api, home, digits_npz, digits_weig
     assert body["already_forgotten"] == ids[:1]
 
 
+def test_forgotten_and_scheduled_samples_are_refused_and_something_is_always_retained(
+        api, digits_npz, digits_weights):
+    dataset, model = register_digits(api, digits_npz, digits_weights)
+    url = f"/v1/models/{model['id']}/deletion-requests"
+    ids = sample_ids(api, model["dataset_id"], 6)
+    first = api.post(url, json={"sample_ids": ids[:2], "method": "finetune", "fallback": []})
+    job = api.wait_for_job(first.json()["job_id"])
+    assert job["status"] == "succeeded", job
+    # Forgotten by the finished job, scheduled by a queued one: both refused, by name.
+    assert api.post(url, json={"sample_ids": ids[2:4], "method": "finetune"}).status_code == 202
+    body = assert_problem(api.post(url, json={"sample_ids": [ids[1], ids[3], ids[5]]}), 422,
+                          "already")
+    assert body["already_forgotten"] == [ids[1], ids[3]]
+    # Everything else, but for the rows forgotten or scheduled: nothing would be left.
+    every, cursor = [], None
+    while True:
+        page = api.get(f"/v1/datasets/{dataset['id']}/samples",
+                       params={"limit": 1000, **({"cursor": cursor} if cursor else {})}).json()
+        every += [s["id"] for s in page["items"]]
+        if not (cursor := page["next_cursor"]):
+            break
+    rest = [i for i in every if i not in ids[:4]]
+    assert len(rest) == dataset["num_train"] - 4
+    assert_problem(api.post(url, json={"sample_ids": rest}), 422, "nothing would be left")
+
+
 def test_oversized_request_is_refused(configure, monkeypatch, digits_npz):
     from tests.conftest import api_client
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.core.config import get_settings
-from app.core.db import lock_row, utcnow
+from app.core.db import in_chunks, lock_row, utcnow
 from app.core.errors import Problem, invalid, not_found
 from app.core.ids import new_id
 from app.core.pagination import PageParams
@@ -86,12 +86,29 @@ def pending_jobs(db: Session, model: Model) -> list[Job]:
         Job.model_id == model.id, Job.status.in_((QUEUED, RUNNING))).order_by(Job.created_at)))
 
 
-def unavailable_rows(db: Session, model: Model, pending: list[Job]) -> set[int]:
-    """Rows this model no longer carries, or that a pending job is about to remove."""
-    rows = set(db.scalars(select(ForgottenSample.row).where(ForgottenSample.model_id == model.id)))
+def unavailable_rows(db: Session, model: Model, pending: list[Job],
+                     among: set[int] | None = None) -> set[int]:
+    """Rows this model no longer carries, or that a pending job is about to remove; only those
+    ``among`` the given rows when given (a request naming samples need not read the model's
+    whole history of forgotten rows, which grows with every request)."""
+    forgotten = select(ForgottenSample.row).where(ForgottenSample.model_id == model.id)
+    if among is None:
+        rows = set(db.scalars(forgotten))
+    else:
+        rows = {row for chunk in in_chunks(among, LOOKUP_CHUNK)
+                for row in db.scalars(forgotten.where(ForgottenSample.row.in_(chunk)))}
     for job in pending:
-        rows.update(job.forget_rows)
+        rows.update(job.forget_rows if among is None else among.intersection(job.forget_rows))
     return rows
+
+
+def unavailable_count(db: Session, model: Model, pending: list[Job]) -> int:
+    """How many rows this model no longer carries or is about to lose: a pending job's rows
+    are never forgotten ones (a request is checked against both; a job's rows become
+    forgotten as it leaves the pending states, in one transaction)."""
+    forgotten = db.scalar(select(func.count()).select_from(ForgottenSample)
+                          .where(ForgottenSample.model_id == model.id))
+    return forgotten + sum(len(job.forget_rows) for job in pending)
 
 
 def rows_of_sample_ids(db: Session, dataset: Dataset, sample_ids: list[str]) -> dict[str, int]:
@@ -130,8 +147,8 @@ def rows_of_subject(db: Session, dataset: Dataset, subject: str) -> dict[str, in
 def forget_set(db: Session, model: Model, body: DeletionRequestIn,
                pending: list[Job]) -> dict[str, int]:
     dataset = db.get(Dataset, model.dataset_id)
-    unavailable = unavailable_rows(db, model, pending)
     if body.classes is not None or body.sample_ids is None:
+        unavailable = unavailable_rows(db, model, pending)
         wanted = (rows_of_classes(db, dataset, body.classes) if body.classes is not None
                   else rows_of_subject(db, dataset, body.subject))
         rows = {i: r for i, r in wanted.items() if r not in unavailable}
@@ -141,11 +158,12 @@ def forget_set(db: Session, model: Model, body: DeletionRequestIn,
                           "to be")
         return rows
     rows = rows_of_sample_ids(db, dataset, body.sample_ids)
+    unavailable = unavailable_rows(db, model, pending, among=set(rows.values()))
     already = [i for i, r in rows.items() if r in unavailable]
     if already:
         raise invalid(f"sample_ids: already forgotten or scheduled to be: {_listed(already)}",
                       already_forgotten=already[:1000])
-    if len(unavailable) + len(rows) >= dataset.num_train:
+    if unavailable_count(db, model, pending) + len(rows) >= dataset.num_train:
         raise invalid("sample_ids: nothing would be left to retain")
     return rows
 
