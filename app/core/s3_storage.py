@@ -168,6 +168,9 @@ class S3BlobStore(BlobStore):
 
     def delete(self, sha256: str) -> None:
         key = self.key(sha256)
+        # This host's copy goes first, so that no moment sees the blob gone from the bucket
+        # but still cached here; and again at the end, in case a reader fetched it meanwhile.
+        self.cache.discard(sha256)
         self.client.delete_object(Bucket=self.bucket, Key=key)
         # On a versioned bucket that only added a delete marker: the bytes stay in the
         # object's versions until each is deleted by its id.
