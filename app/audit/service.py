@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from sqlalchemy import Row, Text, cast, func, select, update
+from sqlalchemy import Row, Text, cast, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from app.audit.tables import AuditEvent, AuditHead
@@ -44,20 +45,27 @@ def event_hash(event: AuditEvent | Row) -> str:
                     event.action, event.subject_type, event.subject_id, event.data)
 
 
-def _claim_head(db: Session) -> str:
-    """Lock the chain's head for the rest of the transaction and return its last hash.
+def claim_head(db: Session | Connection, events: int = 1) -> str:
+    """Lock the chain's head for the rest of the transaction, count ``events`` more on it, and
+    return its last hash, which the first of them chains onto.
 
     The UPDATE takes the row lock (PostgreSQL) or the write lock (SQLite) before the last hash
     is read, in the same statement, so two writers can never chain onto the same predecessor.
     """
     last_hash = db.execute(update(AuditHead).where(AuditHead.id == 1)
-                           .values(count=AuditHead.count + 1).returning(AuditHead.last_hash)
+                           .values(count=AuditHead.count + events)
+                           .returning(AuditHead.last_hash)
                            .execution_options(synchronize_session=False)).scalar()
     if last_hash is None:
-        db.add(AuditHead(id=1, last_hash=GENESIS, count=1))
-        db.flush()
+        db.execute(insert(AuditHead).values(id=1, last_hash=GENESIS, count=events))
         return GENESIS
     return last_hash
+
+
+def move_head(db: Session | Connection, last_hash: str) -> None:
+    """The head now names the last event appended (its lock is the caller's, from claim_head)."""
+    db.execute(update(AuditHead).where(AuditHead.id == 1).values(last_hash=last_hash)
+               .execution_options(synchronize_session=False))
 
 
 def record(
@@ -75,12 +83,11 @@ def record(
     event = AuditEvent(tenant_id=tenant_id, at=utcnow(), actor=actor, action=action,
                        subject_type=subject_type, subject_id=subject_id,
                        data=json.loads(json.dumps(data or {}, default=str)),
-                       prev_hash=_claim_head(db))
+                       prev_hash=claim_head(db))
     event.hash = event_hash(event)
     db.add(event)
     db.flush()
-    db.execute(update(AuditHead).where(AuditHead.id == 1).values(last_hash=event.hash)
-               .execution_options(synchronize_session=False))
+    move_head(db, event.hash)
     webhooks.enqueue(db, event)  # announced to subscribers once this transaction commits
     return event
 

@@ -17,11 +17,11 @@ import time
 from collections import namedtuple
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import create_engine, func, insert, select, text, update
+from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from app.audit.service import GENESIS, event_hash
-from app.audit.tables import AuditEvent, AuditHead
+from app.audit.service import claim_head, event_hash, move_head
+from app.audit.tables import AuditEvent
 from app.ops.bench.load import Endpoint
 from app.ops.bench.workload import api_client, checked
 
@@ -56,15 +56,10 @@ def append_events(engine: Engine, count: int, tenant_id: str | None) -> float:
 
 
 def _append_batch(connection: Connection, count: int, tenant_id: str | None) -> None:
-    # Take the head's lock first, as record() does: no service append can interleave.
-    touched = connection.execute(update(AuditHead).where(AuditHead.id == 1)
-                                 .values(count=AuditHead.count + 0)).rowcount
-    if not touched:
-        connection.execute(insert(AuditHead).values(id=1, last_hash=GENESIS, count=0))
-    head = connection.execute(select(AuditHead.last_hash, AuditHead.count)
-                              .where(AuditHead.id == 1)).one()
+    # The head's lock first, as record() takes it: no service append can interleave.
+    last_hash = claim_head(connection, events=count)
     last_seq = connection.scalar(select(func.coalesce(func.max(AuditEvent.seq), 0)))
-    rows = _chained_rows(last_seq, head.last_hash, count, tenant_id)
+    rows = _chained_rows(last_seq, last_hash, count, tenant_id)
     if connection.dialect.name == "postgresql":
         _copy_rows(connection, rows)
         # Explicit seqs do not move the serial's sequence: the service's next append would
@@ -73,8 +68,7 @@ def _append_batch(connection: Connection, count: int, tenant_id: str | None) -> 
                                 "(SELECT max(seq) FROM audit_events))"))
     else:
         connection.execute(insert(AuditEvent), rows)
-    connection.execute(update(AuditHead).where(AuditHead.id == 1).values(
-        last_hash=rows[-1]["hash"], count=head.count + count))
+    move_head(connection, rows[-1]["hash"])
 
 
 def _chained_rows(last_seq: int, prev: str, count: int, tenant_id: str | None) -> list[dict]:
