@@ -4,7 +4,6 @@ on a real port."""
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,20 +70,11 @@ def moto_s3_server() -> Iterator[str]:
 @contextmanager
 def fresh_postgres_database():
     """A new, empty database on the PostgreSQL server, dropped afterwards."""
-    from sqlalchemy import create_engine, text
+    from app.ops.bench.stack import fresh_database
 
     require_postgres()
-    name = f"lethe_test_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    base = POSTGRES_URL.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database(POSTGRES_URL, prefix="lethe_test") as url:
+        yield url
 
 
 @contextmanager

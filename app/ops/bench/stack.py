@@ -276,11 +276,11 @@ def create_api_key(database_url: str, name: str) -> tuple[str, str]:
 
 
 @contextmanager
-def fresh_database(admin_url: str):
+def fresh_database(admin_url: str, prefix: str = "lethe_bench"):
     """A new, empty PostgreSQL database on the server of ``admin_url``, dropped afterwards."""
     from sqlalchemy import create_engine, text
 
-    name = f"lethe_bench_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
