@@ -195,15 +195,14 @@ GPU = Preset(
 # methods' own passes over D_r are most of the time.
 GPU_QUICK_METHODS = ("retrain", "projected-gradient", "deepclean", "feature-constraint",
                      "salun", "finetune")
-GPU_QUICK = Preset(
+GPU_QUICK = replace(
+    GPU,
     name="gpu-quick",
     description="All of CIFAR-10 and ResNet-18, one seed: the original, retrain, the three "
                 "core methods, salun and finetune; about 8 minutes on one H100-class GPU.",
-    dataset=DatasetSpec(CIFAR10),
-    architecture="resnet18",
-    architecture_config={},
     recipe=scaled_recipe(epochs=15),
     seeds=(0,),
+    variants=(),
     methods=GPU_QUICK_METHODS,
 )
 
