@@ -14,7 +14,7 @@ from app.core.errors import Problem, not_found
 from app.core.pagination import PageParams
 from app.jobs.schemas import JobOut
 from app.jobs.tables import CANCELLED, FINAL_STATES, QUEUED, Job
-from app.tenants.service import Principal, hash_token
+from app.tenants.service import LIVE_KEY, Principal, live_key_params
 from app.tenants.tables import ApiKey
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _POLL = (select(ApiKey.id.label("key_id"), Job.id, Job.status, Job.progress, Job
          .select_from(ApiKey)
          .outerjoin(Job, and_(Job.id == bindparam("job_id"),
                               Job.tenant_id == ApiKey.tenant_id))
-         .where(ApiKey.token_hash == bindparam("token_hash"), ApiKey.revoked_at.is_(None))
+         .where(LIVE_KEY)
          .limit(1))
 
 
@@ -47,8 +47,7 @@ def poll_job(token: str, job_id: str) -> JobOut:
     """The job as its tenant sees it: the hot path of every client waiting on a job, so one
     round trip and no ORM objects or session."""
     with get_engine().connect() as connection:
-        row = connection.execute(_POLL, {"job_id": job_id,
-                                         "token_hash": hash_token(token)}).first()
+        row = connection.execute(_POLL, {"job_id": job_id, **live_key_params(token)}).first()
     if row is None:
         raise unauthorized("invalid or revoked token")
     if row.id is None:

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.core.db import utcnow
@@ -44,12 +44,19 @@ def create_api_key(session: Session, name: str, tenant_id: str | None = None) ->
     return key, token
 
 
+# What makes a key valid, for every query that authenticates (bound as token_hash, see
+# live_key_params): the token's hash, not revoked.
+LIVE_KEY = and_(ApiKey.token_hash == bindparam("token_hash"), ApiKey.revoked_at.is_(None))
+
+
+def live_key_params(token: str) -> dict[str, str]:
+    return {"token_hash": hash_token(token)}
+
+
 def authenticate(session: Session, token: str) -> Principal | None:
     # Two columns, not an ORM object: every request of every route pays for this lookup.
-    key = session.execute(
-        select(ApiKey.tenant_id, ApiKey.id)
-        .where(ApiKey.token_hash == hash_token(token), ApiKey.revoked_at.is_(None))
-    ).first()
+    key = session.execute(select(ApiKey.tenant_id, ApiKey.id).where(LIVE_KEY),
+                          live_key_params(token)).first()
     return Principal(key.tenant_id, key.id) if key else None
 
 
