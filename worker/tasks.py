@@ -49,6 +49,11 @@ def _fresh_connections(**_kwargs) -> None:
 
     if get_engine.cache_info().currsize:
         get_engine().dispose(close=False)
+
+
+@worker_process_init.connect
+def _freeze_what_came_before_jobs(**_kwargs) -> None:
+    # After the connections' reset above (receivers run in the order they connected).
     freeze_what_came_before_jobs()
 
 
