@@ -1,0 +1,175 @@
+"""Exploration, not a method: can a utility-controlled forgetting phase make a memorising model
+forget scattered samples? Runs one phase on a zoo pair's original model and prints what the
+acceptance gate makes of the result. See README.md here for why and what it found.
+
+    python benchmarks/tuning/memorising/explore.py synthetic-mlp 0,1,2 relabel \
+        '{"retain_ratio": 9}'
+    python benchmarks/tuning/memorising/explore.py synthetic-mlp 0,1,2 neighbours \
+        '{"space": "features"}'
+    python benchmarks/tuning/memorising/explore.py cifar10-resnet18 0 agreement
+
+Both phases use the core methods' own loops (worker/engine/methods/_monitor.py): ``descend``
+towards the random-forgetting level, each round undone if it costs more than the gate's utility
+budget (twice it, as feature-constraint allows, since a repair follows), then ``repair`` on D_r.
+Each round trains every weight on D_f under some target together with ``retain_ratio`` times as
+many fresh D_r rows under their labels:
+
+- ``relabel``: D_f under random wrong labels (random-label's and SalUn's target);
+- ``neighbours``: D_f under the label histogram of each row's k nearest D_r rows (cosine, in
+  the penultimate features or the input), a guess at what a model that never saw the row
+  would say.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from worker.bench.cache import ModelCache
+from worker.bench.data import load_bench_data
+from worker.bench.presets import default_cache_dir, get_suite
+from worker.bench.runner import BenchRunner, Setting
+from worker.bench.scenarios import draw_forget_set, unlearning_data
+from worker.engine.architectures import classification_head
+from worker.engine.gate import Gate
+from worker.engine.gate_thresholds import GateThresholds
+from worker.engine.methods._baseline_utils import random_wrong_labels
+from worker.engine.methods._common import evaluating, freeze_norm_statistics, random_rows
+from worker.engine.methods._monitor import Monitor, Weights, descend, relative_lr, repair
+from worker.engine.training import iterate_batches, seeded_generator
+
+
+def setup(pair_name: str, seed: int):
+    preset = next(p for p in get_suite("zoo").pairs if p.name == pair_name)
+    cache = default_cache_dir()
+    data = load_bench_data(preset.dataset, cache, dict(preset.architecture_config))
+    runner = BenchRunner(preset, data, ModelCache(cache))
+    torch.set_num_threads(preset.torch_threads or 1)
+    original = runner.original(seed)
+    forget = draw_forget_set("random-10", data, seed)
+    setting = Setting(seed, "random-10", unlearning_data(data, forget))
+    gate = Gate(original, setting.data, GateThresholds(), runner.device, seed=seed)
+    return runner, original, setting.data, gate
+
+
+@torch.no_grad()
+def representations(model, x, device, space: str) -> torch.Tensor:
+    if space == "input":
+        return x.flatten(1).float()
+    captured = []
+    hook = classification_head(model).register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach().flatten(1).cpu()))
+    with evaluating(model):
+        for xb, _ in iterate_batches(x, x, 256, shuffle=False):
+            model(xb.to(device))
+    hook.remove()
+    return torch.cat(captured)
+
+
+def neighbour_targets(model, data, device, k: int = 10, space: str = "features") -> torch.Tensor:
+    """Per D_f row, the label histogram of its k nearest D_r rows."""
+    def unit(rows: torch.Tensor) -> torch.Tensor:
+        return F.normalize(representations(model, data.x_train[rows], device, space), dim=1)
+
+    retain, forget = unit(data.retain_idx), unit(data.forget_idx)
+    nearest = (forget @ retain.T).topk(k, dim=1).indices
+    counts = torch.zeros(len(forget), data.num_classes)
+    counts.scatter_add_(1, data.y_train[data.retain_idx][nearest], torch.ones(nearest.shape))
+    return counts / counts.sum(1, keepdim=True)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -(targets * logits.log_softmax(1)).sum(1).mean()
+
+
+def forget_phase(model, data, device, seed: int, target: str, *, share: float = 0.02,
+                 retain_ratio: float = 1.0, k: int = 10, space: str = "features",
+                 max_rounds: int = 30, repair_rounds: int = 8, batch_size: int = 64):
+    generator = seeded_generator(seed)
+    monitor = Monitor(SimpleNamespace(data=data, device=device), samples=500,
+                      generator=generator, read_retain=True)
+    monitor.begin(model)
+    x_forget, y_forget = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
+    classes = data.num_classes
+    fixed = neighbour_targets(model, data, device, k, space) if target == "neighbours" else None
+
+    def forget_targets() -> torch.Tensor:
+        if fixed is not None:
+            return fixed
+        return F.one_hot(random_wrong_labels(y_forget, classes, generator), classes).float()
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=0.0)
+    retained = max(1, int(retain_ratio * len(x_forget)))
+
+    def train_on(x, targets, lr):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        freeze_norm_statistics(model)
+        for xb, tb in iterate_batches(x, targets, batch_size, shuffle=True, generator=generator):
+            optimizer.zero_grad()
+            soft_cross_entropy(model(xb.to(device)), tb.to(device)).backward()
+            optimizer.step()
+
+    def forget_round(_round, lr):
+        rows = data.retain_idx[random_rows(len(data.retain_idx), retained, generator)]
+        train_on(torch.cat([x_forget, data.x_train[rows]]),
+                 torch.cat([forget_targets(), F.one_hot(data.y_train[rows], classes).float()]), lr)
+
+    def repair_round(_round, lr):
+        rows = data.retain_idx[random_rows(len(data.retain_idx), len(data.retain_idx) // 2,
+                                           generator)]
+        train_on(data.x_train[rows], F.one_hot(data.y_train[rows], classes).float(), lr)
+
+    model.eval()
+    model.zero_grad()
+    probe = soft_cross_entropy(model(x_forget[:256].to(device)), forget_targets()[:256].to(device))
+    probe.backward()
+    lr = relative_lr(parameters, [p.grad for p in parameters], share)
+    model.zero_grad()
+    weights = Weights(parameters)
+    forgetting = descend(monitor, model, weights, forget_round, lr=lr, max_rounds=max_rounds,
+                         budget_scale=2.0)
+    repaired = repair(monitor, model, weights, repair_round, lr=forgetting.lr,
+                      max_rounds=repair_rounds)
+    return forgetting, repaired
+
+
+def verdict_line(gate, model) -> str:
+    verdict = gate.judge(model).as_dict()
+    f = verdict["figures"]
+    failed = [c["name"] for c in verdict["criteria"] if not c["passed"]]
+    return (f"gate {verdict['verdict']} {failed} TA {f['base_test_accuracy']:.1f}->"
+            f"{f['test_accuracy']:.1f} RA {f['base_retain_accuracy']:.1f}->"
+            f"{f['retain_accuracy']:.1f} D_f acc {f['forget_accuracy']:.1f} MIA non-member "
+            f"D_f/held-out {f['mia_forget_nonmember']}/{f['mia_held_out_nonmember']}")
+
+
+def main(pair_name: str, seeds: str, what: str, options: dict) -> None:
+    for seed in map(int, seeds.split(",")):
+        runner, original, data, gate = setup(pair_name, seed)
+        if what == "agreement":
+            y_forget = data.y_train[data.forget_idx]
+            for k in (10, 50, 200):
+                targets = neighbour_targets(original, data, runner.device, k, "features")
+                agree = float((targets.argmax(1) == y_forget).float().mean())
+                print(f"{pair_name} seed {seed} k={k}: neighbours' majority is D_f's label on "
+                      f"{100 * agree:.1f}%", flush=True)
+            continue
+        model = copy.deepcopy(original)
+        started = time.perf_counter()
+        forgetting, repaired = forget_phase(model, data, runner.device, seed, what, **options)
+        print(f"{pair_name} seed {seed} {what} {options}: {time.perf_counter() - started:.1f} s, "
+              f"descend {forgetting.stop_reason} after {forgetting.kept:.2f} rounds, repair "
+              f"{repaired.stop_reason}; {verdict_line(gate, model)}", flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4], json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})
