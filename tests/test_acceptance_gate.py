@@ -148,6 +148,10 @@ def test_a_failing_candidate_falls_back_and_only_the_passing_one_is_published(
     assert refused == ({"test_accuracy", "retain_accuracy"} if bad is WRECKING
                        else {"class_forget_accuracy"})
     assert metrics["forget_accuracy"] < 0.05
+    for candidate in metrics["candidates"]:  # the method's time and the gate's, apart
+        assert candidate["method_seconds"] > 0 and candidate["gate_seconds"] > 0
+        assert candidate["method_seconds"] + candidate["gate_seconds"] == pytest.approx(
+            candidate["seconds"], abs=0.002)
     # One new version, made by the candidate that passed.
     versions = api.get(f"/v1/models/{model['id']}/versions").json()["items"]
     assert [v["version"] for v in versions] == [1, 2]

@@ -314,6 +314,9 @@ class Attempt:
     verdict: GateVerdict | None
     seconds: float
     error: str | None = None
+    # The method's run and the gate's judging of its model, within ``seconds``.
+    method_seconds: float | None = None
+    gate_seconds: float | None = None
 
     @property
     def accepted(self) -> bool:
@@ -321,10 +324,15 @@ class Attempt:
 
     def record(self) -> dict:
         return {"method": self.candidate.method, "params": self.candidate.params,
-                "seconds": round(self.seconds, 3), "error": self.error,
+                "seconds": round(self.seconds, 3), "method_seconds": _rounded(self.method_seconds),
+                "gate_seconds": _rounded(self.gate_seconds), "error": self.error,
                 "verdict": "error" if self.verdict is None else
                 ("passed" if self.verdict.passed else "failed"),
                 "gate": None if self.verdict is None else self.verdict.as_dict()}
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 class GateRejected(Exception):
@@ -420,16 +428,20 @@ def run_candidate(context: JobContext, candidate: Candidate, progress) -> Attemp
                                         inputs.model.architecture_config),
         data=context.data, recipe=TrainingRecipe.model_validate(inputs.model.training_config),
         device=context.device, progress=progress, state=load_state(inputs, candidate.method))
+    method_seconds = None
     try:
         outcome = method().run(task, params)
+        method_seconds = time.perf_counter() - started
         verdict = context.gate.judge(outcome.model, exact=method.exact)
     except (JobCancelled, LostJob, WorkerStopping, *TRANSIENT_ERRORS):
         raise
     except Exception as exc:  # noqa: BLE001 - one method's failure hands over to the next
         log.exception("job %s: %s raised", inputs.job.id, candidate.method)
         return Attempt(candidate, None, None, time.perf_counter() - started,
-                       error=f"{type(exc).__name__}: {exc}")
-    return Attempt(candidate, outcome, verdict, time.perf_counter() - started)
+                       error=f"{type(exc).__name__}: {exc}", method_seconds=method_seconds)
+    seconds = time.perf_counter() - started
+    return Attempt(candidate, outcome, verdict, seconds, method_seconds=method_seconds,
+                   gate_seconds=seconds - method_seconds)
 
 
 def record_candidates(claim: Claim, attempts: list[Attempt]) -> None:

@@ -204,7 +204,8 @@ def job_progress(job_id: str, db: Session = Depends(get_db),
     """What the job page polls: small, and never cached."""
     job = jobs_service.get_job(db, session.principal, job_id)
     candidates = [{"method": c.get("method"), "verdict": c.get("verdict"),
-                   "seconds": c.get("seconds"), "error": c.get("error")}
+                   "seconds": c.get("seconds"), "gate_seconds": c.get("gate_seconds"),
+                   "error": c.get("error")}
                   for c in (job.metrics or {}).get("candidates", [])]
     return JSONResponse({"id": job.id, "status": job.status, "progress": job.progress,
                          "phase": job.phase, "attempts": job.attempts,

@@ -31,7 +31,8 @@
       cell(row, index + 1, true);
       cell(row, candidate.method);
       cell(row, candidate.verdict);
-      cell(row, candidate.seconds);
+      cell(row, candidate.gate_seconds == null ? candidate.seconds :
+        candidate.seconds + " (gate " + candidate.gate_seconds + ")");
       cell(row, candidate.error);
       candidates.appendChild(row);
     });
