@@ -13,7 +13,13 @@ Deliveries follow the Standard Webhooks conventions (standardwebhooks.com): head
 HMAC-SHA256, keyed by the endpoint's secret, of ``id.timestamp.body``). Every attempt is
 logged. Addresses on loopback, private, link-local and other special networks are refused
 unless ``LETHE_WEBHOOK_ALLOW_PRIVATE`` says otherwise, both when subscribing and at every
-delivery (the name is resolved again each time).
+delivery attempt. Each attempt resolves the name once, refuses it if any of its addresses
+is refused, and connects only to those checked addresses (the request's URL names the
+address, :func:`_post_pinned`): the connection never resolves the name again, so a DNS
+answer that changes between the check and the connection (DNS rebinding) cannot steer a
+delivery to this machine or its network. The request still carries the URL's host (the
+``Host`` header, and for https the TLS SNI name and the certificate check), and redirects
+are not followed.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
@@ -62,21 +69,39 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def resolve(host: str, port: int | None = None) -> list[str]:
+    """The addresses ``host`` resolves to for TCP, in the resolver's order, without repeats
+    (raises ``OSError``/``UnicodeError`` when it does not resolve). Sends nothing to them."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def refused_addresses(host: str, addresses: Iterable[str]) -> str | None:
+    """Why ``host``, resolved to ``addresses``, may not be delivered to (one of them is a
+    loopback, private, link-local, multicast or reserved address), or None. One refused
+    address refuses the name: a name answering both kinds is misconfigured or hostile (the
+    mix is how rebinding attacks get a client to fall back), and delivering to only the
+    public ones would hide that."""
+    if get_settings().webhook_allow_private:
+        return None
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%")[0])
+        if not address.is_global or address.is_multicast:
+            return (f"{host!r} resolves to {address}, a non-public address "
+                    "(LETHE_WEBHOOK_ALLOW_PRIVATE allows those)")
+    return None
+
+
 def refused_address(host: str) -> str | None:
     """Why ``host`` may not be delivered to (it names or resolves to a loopback, private,
     link-local, multicast or reserved address), or None. Resolving sends nothing to it."""
     if get_settings().webhook_allow_private:
         return None
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
+        addresses = resolve(host)
+    except (OSError, UnicodeError) as exc:
         return f"{host!r} does not resolve ({exc})"
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
-            return (f"{host!r} resolves to {address}, a non-public address "
-                    "(LETHE_WEBHOOK_ALLOW_PRIVATE allows those)")
-    return None
+    return refused_addresses(host, addresses)
 
 
 def check_url(url: str) -> str:
@@ -264,23 +289,63 @@ def _claim(delivery_id: str) -> tuple[WebhookDelivery, WebhookEndpoint] | float 
 
 
 def _post(endpoint: WebhookEndpoint, delivery: WebhookDelivery) -> tuple[int | None, str | None]:
-    host = urlsplit(endpoint.url).hostname or ""
-    if reason := refused_address(host):
-        return None, f"refused: {reason}"
+    """One attempt: (the receiver's status, None) or (a status or None, why it failed). An
+    error starting ``refused:`` is permanent; any other is retried. Never raises."""
+    try:
+        url = httpx.URL(endpoint.url)
+        # The host as the connection will name it (httpx's own parse; IDNA-encoded).
+        host = url.raw_host.decode("ascii")
+        if url.scheme not in ("http", "https") or not host:
+            return None, f"refused: {endpoint.url!r} is not an http(s) URL with a host"
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        return None, f"refused: {endpoint.url!r} is not a valid URL ({exc})"[:500]
+    try:
+        addresses = resolve(host, url.port or (443 if url.scheme == "https" else 80))
+    except (OSError, UnicodeError) as exc:  # the resolver may be down for a while: retried
+        return None, f"ConnectError: {host!r} does not resolve ({exc})"[:500]
+    if reason := refused_addresses(host, addresses):
+        return None, f"refused: {reason}"[:500]
     body = body_of(delivery)
     timestamp = int(time.time())
     headers = {"content-type": "application/json", "user-agent": "Lethe-Webhooks/1",
                "webhook-id": delivery.id, "webhook-timestamp": str(timestamp),
-               "webhook-signature": signature(endpoint.secret, delivery.id, timestamp, body)}
+               "webhook-signature": signature(endpoint.secret, delivery.id, timestamp, body),
+               "Host": url.netloc.decode("ascii")}
     try:
-        response = httpx.post(endpoint.url, content=body, headers=headers,
-                              timeout=get_settings().webhook_timeout_seconds,
-                              follow_redirects=False)
+        # No redirects (a 30x must not send the delivery elsewhere), no proxies or netrc
+        # from the environment (a proxy would resolve the name itself); certificates are
+        # verified as httpx does by default (SSL_CERT_FILE/SSL_CERT_DIR still apply).
+        with httpx.Client(follow_redirects=False, trust_env=False,
+                          verify=httpx.create_ssl_context(),
+                          timeout=get_settings().webhook_timeout_seconds) as client:
+            status_code = _post_pinned(client, url, host, addresses, body, headers)
     except httpx.HTTPError as exc:
         return None, f"{type(exc).__name__}: {exc}"[:500]
-    if 200 <= response.status_code < 300:
-        return response.status_code, None
-    return response.status_code, f"the receiver answered {response.status_code}"
+    except Exception as exc:  # noqa: BLE001 - an attempt records its failure, never raises
+        log.exception("webhook delivery %s: unexpected error", delivery.id)
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= status_code < 300:
+        return status_code, None
+    return status_code, f"the receiver answered {status_code}"
+
+
+def _post_pinned(client: httpx.Client, url: httpx.URL, host: str, addresses: list[str],
+                 body: bytes, headers: dict[str, str]) -> int:
+    """POST to each checked address in turn until one accepts the connection; the receiver's
+    status. The URL names the address, so nothing resolves the name again; the ``Host``
+    header and, for https, the TLS SNI name and certificate check (httpcore's
+    ``sni_hostname``) still name the host."""
+    failure: httpx.TransportError | None = None
+    for address in addresses:
+        try:
+            response = client.post(url.copy_with(host=address), content=body, headers=headers,
+                                   extensions={"sni_hostname": host})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            failure = exc  # this address does not answer: the next one may
+            continue
+        return response.status_code
+    assert failure is not None, "resolve() returns at least one address"
+    raise failure
 
 
 def deliver(delivery_id: str) -> float | None:
