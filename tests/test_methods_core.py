@@ -394,6 +394,35 @@ def test_repair_undoes_a_round_that_brings_the_forget_set_back(digits, model):
     assert run.stop_reason == "forget-set-returns" and run.undone == 1 and run.kept == 0
     assert all(torch.equal(a, b) for a, b in zip(weights.save(), before, strict=True))
 
+def test_repair_never_gives_back_a_class_the_forgetting_left_short_of_its_target(digits, model):
+    """The forgetting stopped with the class partly known (above the target): a repair round
+    that makes it better known still is undone and ends the repair, one that does not is kept."""
+    net = copy.deepcopy(model)
+    task = make_task(net, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    monitor = Monitor(task, samples=500, generator=seeded_generator(0), read_retain=True)
+    monitor.begin(net)
+    bias = net.classifier.bias
+    with torch.no_grad():  # the class part-forgotten: its logit lowered until about half is
+        for _ in range(400):
+            if monitor.forget_accuracy(net) <= 50:
+                break
+            bias[FORGOTTEN_CLASS] -= 0.05
+    partly = monitor.forget_accuracy(net)
+    assert monitor.class_target < partly < 95
+    weights = Weights(net.parameters())
+    kept_rounds = []
+
+    def round_(number: int, _lr: float) -> None:  # lowers the class once, then raises it
+        with torch.no_grad():
+            bias[FORGOTTEN_CLASS] += -0.01 if number == 1 else 1.0
+        kept_rounds.append(number)
+
+    monitor.start.held_out += 10  # pretend utility was lost, so the repair runs
+    run = repair(monitor, net, weights, round_, lr=0.1, max_rounds=3)
+    assert run.stop_reason == "forget-set-returns" and run.kept == 1 and run.undone == 1
+    assert monitor.forget_accuracy(net) <= partly  # the first round's point, not the second's
+
+
 # --- deepclean -------------------------------------------------------------------------------
 
 def test_fisher_diagonal_is_mean_squared_per_sample_gradient(digits, model):

@@ -469,7 +469,9 @@ def repair(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *, 
     budget with D_f still forgotten, after at least ``min_rounds``; a round that costs utility
     is undone and the step halved.
 
-    A round that brings a forgotten class back is undone and ends the repair. Scattered
+    A round that brings a forgotten class back (above its target, or above where the repair
+    found it when the forgetting stopped short of the target) is undone and ends the repair:
+    training on retained data must not give back what the forgetting achieved. Scattered
     samples come back gradually as the retained data's accuracy does (they are like it): the
     repair goes on, and if it ends with them remembered it returns to its last point the gate
     would accept (utility within the budget, D_f inside the window), when there was one."""
@@ -484,6 +486,7 @@ def repair(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *, 
     if max_rounds == 0 or recovered(score):
         return run
     accepted = (score, 0, weights.save()) if monitor.acceptable(score) else None
+    class_ceiling = max(score.forget, monitor.class_target)
     in_a_row = 0
     for round_ in range(1, max_rounds + 1):
         before, last = weights.save(), score
@@ -492,8 +495,8 @@ def repair(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *, 
         progress(round_ / max_rounds)
         score = monitor.score(model, round_)
         entry = score.as_dict() | {"phase": "repair", "lr": run.lr}
-        returns = monitor.remembered(score) and not monitor.remembered(last)
-        if not weights.finite() or (returns and monitor.class_forgetting):
+        gives_back = monitor.class_forgetting and score.forget > class_ceiling
+        if not weights.finite() or gives_back:
             weights.load(before)
             run.history.append(entry | {"undone": True})
             run.undone += 1
