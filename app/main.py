@@ -15,6 +15,7 @@ from app.core.errors import install_error_handlers
 from app.core.guards import refuse_unstorable_text
 from app.core.limits import RequestSizeLimit
 from app.core.openapi import install_problem_schema
+from app.core.query_params import refuse_undeclared_query_params
 from app.core.storage import get_blob_store
 from app.datasets.routes import router as datasets_router
 from app.deletion_requests.routes import router as deletion_requests_router
@@ -47,8 +48,11 @@ async def lifespan(app: FastAPI):
 
 def create_app(run_worker: bool = True) -> FastAPI:
     settings = get_settings()
+    # Before any route's own dependencies, on every route: /v1 routes refuse a query parameter
+    # they do not declare, then any route refuses text the database cannot store.
     app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  dependencies=[Depends(refuse_unstorable_text)])
+                  dependencies=[Depends(refuse_undeclared_query_params),
+                                Depends(refuse_unstorable_text)])
     app.state.run_worker = run_worker
     install_error_handlers(app)
     install_problem_schema(app)

@@ -26,7 +26,8 @@ WHEN = {
     413: "The request body is larger than LETHE_MAX_REQUEST_BYTES.",
     416: "The Range asks for bytes the checkpoint does not have.",
     422: "A field is invalid; `errors` names each one. Text the database cannot store (NUL "
-         "characters) and cursors the service did not issue are refused here too.",
+         "characters), cursors the service did not issue and query parameters the route "
+         "does not declare are refused here too.",
 }
 
 
@@ -56,8 +57,9 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
             for status in statuses}
 
 
-# What most routes share: every /v1 route needs a token; any with parameters validates them.
-AUTHENTICATED = problems(401)
+# What most routes share: every /v1 route needs a token, and refuses a query parameter it
+# does not declare (app/core/query_params.py); any with parameters validates them.
+AUTHENTICATED = problems(401, 422)
 VALIDATED = problems(401, 422)
 ONE_RESOURCE = problems(401, 404, 422)
 UPLOAD = problems(400, 401, 413, 422)
