@@ -87,17 +87,22 @@ def _seconds(start: str | None, end: str | None) -> float:
 
 def job_overhead(job: dict) -> dict:
     """A finished job's wall time on its worker (started_at to finished_at) apart from the
-    method's own. The job records, per candidate of its chain, the seconds the method ran plus
-    the acceptance gate's judging of its model (``metrics.candidates[].seconds``: the two are
-    timed together), and ``metrics.duration_s``, from the start of the run to its metrics
-    (before the version's blobs are stored and the transaction commits)."""
+    methods' own: the overhead is everything else, the acceptance gate's judging included. The
+    job records, per candidate of its chain, the seconds its method ran and the gate's
+    (``metrics.candidates[].method_seconds`` and ``gate_seconds``), and ``metrics.duration_s``,
+    from the start of the run to its metrics (before the version's blobs are stored and the
+    transaction commits)."""
     metrics = job.get("metrics") or {}
     wall = _seconds(job["started_at"], job["finished_at"])
-    method = sum(c.get("seconds") or 0.0 for c in metrics.get("candidates", []))
+    candidates = metrics.get("candidates", [])
+    method = sum(c.get("method_seconds") or 0.0 for c in candidates)
+    gate = sum(c.get("gate_seconds") or 0.0 for c in candidates)
     duration = metrics.get("duration_s")
     return {"job_id": job["id"], "status": job["status"], "wall_s": round(wall, 4),
-            "method_and_gate_s": round(method, 4), "overhead_s": round(wall - method, 4),
-            "load_and_evaluate_s": None if duration is None else round(duration - method, 4),
+            "method_s": round(method, 4), "gate_s": round(gate, 4),
+            "overhead_s": round(wall - method, 4),
+            "load_and_evaluate_s": (None if duration is None
+                                    else round(duration - method - gate, 4)),
             "store_and_commit_s": None if duration is None else round(wall - duration, 4)}
 
 
