@@ -394,6 +394,7 @@ def test_repair_undoes_a_round_that_brings_the_forget_set_back(digits, model):
     assert run.stop_reason == "forget-set-returns" and run.undone == 1 and run.kept == 0
     assert all(torch.equal(a, b) for a, b in zip(weights.save(), before, strict=True))
 
+
 def test_repair_never_gives_back_a_class_the_forgetting_left_short_of_its_target(digits, model):
     """The forgetting stopped with the class partly known (above the target): a repair round
     that makes it better known still is undone and ends the repair, one that does not is kept."""
@@ -410,12 +411,10 @@ def test_repair_never_gives_back_a_class_the_forgetting_left_short_of_its_target
     partly = monitor.forget_accuracy(net)
     assert monitor.class_target < partly < 95
     weights = Weights(net.parameters())
-    kept_rounds = []
 
     def round_(number: int, _lr: float) -> None:  # lowers the class once, then raises it
         with torch.no_grad():
             bias[FORGOTTEN_CLASS] += -0.01 if number == 1 else 1.0
-        kept_rounds.append(number)
 
     monitor.start.held_out += 10  # pretend utility was lost, so the repair runs
     run = repair(monitor, net, weights, round_, lr=0.1, max_rounds=3)

@@ -314,9 +314,14 @@ class Attempt:
     verdict: GateVerdict | None
     seconds: float
     error: str | None = None
-    # The method's run and the gate's judging of its model, within ``seconds``.
-    method_seconds: float | None = None
-    gate_seconds: float | None = None
+    method_seconds: float | None = None  # the method's run, within ``seconds``
+
+    @property
+    def gate_seconds(self) -> float | None:
+        """The gate's judging of the method's model: the rest of ``seconds``."""
+        if self.verdict is None or self.method_seconds is None:
+            return None
+        return self.seconds - self.method_seconds
 
     @property
     def accepted(self) -> bool:
@@ -439,9 +444,8 @@ def run_candidate(context: JobContext, candidate: Candidate, progress) -> Attemp
         log.exception("job %s: %s raised", inputs.job.id, candidate.method)
         return Attempt(candidate, None, None, time.perf_counter() - started,
                        error=f"{type(exc).__name__}: {exc}", method_seconds=method_seconds)
-    seconds = time.perf_counter() - started
-    return Attempt(candidate, outcome, verdict, seconds, method_seconds=method_seconds,
-                   gate_seconds=seconds - method_seconds)
+    return Attempt(candidate, outcome, verdict, time.perf_counter() - started,
+                   method_seconds=method_seconds)
 
 
 def record_candidates(claim: Claim, attempts: list[Attempt]) -> None:
