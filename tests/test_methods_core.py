@@ -38,7 +38,12 @@ from worker.engine.methods._monitor import (
     retrained_forget_level,
 )
 from worker.engine.methods.deepclean import fisher_diagonal, fisher_ratio
-from worker.engine.methods.feature_constraint import UncertaintyBalance, feature_distance
+from worker.engine.methods.feature_constraint import Params as FCParams
+from worker.engine.methods.feature_constraint import (
+    UncertaintyBalance,
+    _FeatureConstraintRun,
+    feature_distance,
+)
 from worker.engine.methods.projected_gradient import (
     RETAIN_ACCURACY_KEY,
     core_gradient_bases,
@@ -517,9 +522,10 @@ def test_deepclean_finetune_scope_all_trains_every_weight(digits, model):
 
 # --- feature-constraint ----------------------------------------------------------------------
 
-def teacher_distance(net: nn.Module, x: torch.Tensor, seed: int = 0) -> float:
-    torch.manual_seed(seed)  # the method builds its teacher right after seeding like this
-    teacher = build_mlp().eval()
+def teacher_distance(net: nn.Module, x: torch.Tensor, seed: int = 0, draw: int = 0) -> float:
+    torch.manual_seed(seed)  # the method draws its teachers right after seeding like this
+    for _ in range(draw + 1):
+        teacher = build_mlp().eval()
     with torch.no_grad():
         return feature_distance(net.features(x), teacher.features(x)).item()
 
@@ -533,7 +539,9 @@ def test_feature_constraint_pulls_forget_features_to_teacher(digits, model, bala
     outcome = method.run(task, method.Params(balance=balance, epochs=8, class_target_acc=0.0,
                                              repair_epochs=0))
     forget_x = task.data.x_train[task.data.forget_idx]
-    assert teacher_distance(outcome.model, forget_x) < 0.7 * teacher_distance(model, forget_x)
+    draw = outcome.metrics["teacher"].get("kept", 0)
+    assert (teacher_distance(outcome.model, forget_x, draw=draw)
+            < 0.7 * teacher_distance(model, forget_x, draw=draw))
     history = [entry for entry in outcome.metrics["history"] if not entry.get("undone")]
     assert outcome.metrics["epochs_run"] == 8 and len(history) >= 4
     assert all("forget_loss" in entry and "recover_weight" in entry for entry in history)
@@ -572,6 +580,30 @@ def test_feature_constraint_repairs_what_the_forget_task_cost(digits, model):
     assert drop <= GATE.max_utility_drop / 2 or repaired
     after = measure(outcome.model, task)
     assert after.forget <= metrics["class_target"]
+
+
+def with_class_bias(model: nn.Module, label: int, bias: float) -> nn.Module:
+    biased = copy.deepcopy(model)
+    with torch.no_grad():
+        biased.classifier.bias[label] += bias
+    return biased
+
+
+def teacher_choice(model: nn.Module, digits) -> dict:
+    task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    torch.manual_seed(0)
+    return _FeatureConstraintRun(task, FCParams()).teacher_draw
+
+
+def test_a_teacher_read_as_the_forgotten_class_is_drawn_again(digits, model):
+    # A classifier that reads every direction as the class: no teacher can take D_f elsewhere,
+    # so every draw is tried and the least-read one kept.
+    hopeless = teacher_choice(with_class_bias(model, FORGOTTEN_CLASS, 1e3), digits)
+    assert hopeless["draws"] == FCParams().teacher_draws
+    assert hopeless["read_as_forgotten"] == 100.0
+    # One that never reads anything as the class: the first draw is kept.
+    first = teacher_choice(with_class_bias(model, FORGOTTEN_CLASS, -1e3), digits)
+    assert first == {"draws": 1, "kept": 0, "read_as_forgotten": 0.0}
 
 
 # --- every core method ----------------------------------------------------------------------

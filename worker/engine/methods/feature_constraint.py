@@ -16,6 +16,9 @@ Lethe's additions (the monitor and its loops are shared, in ``_monitor.py``):
   the step halved, one that barely forgets doubles it; a class stops once under the gate's
   limit with room for noise, scattered samples at the level a retrained model is expected to
   reach on them, the last epoch bisected onto it;
+- for a class, the teacher is drawn again (up to ``teacher_draws``) while the model's own
+  classifier reads its features on D_f as a forgotten class: the target must be somewhere a
+  model that never learnt the class would not put it;
 - a repair phase (cross-entropy on fresh recover subsets) then wins back retained accuracy
   until the loss is under half the gate's budget, undoing an epoch that brings D_f back.
 """
@@ -43,6 +46,7 @@ from worker.engine.methods._base import (
 )
 from worker.engine.methods._common import (
     freeze_norm_statistics,
+    outputs,
     random_rows,
     working_copy,
 )
@@ -110,6 +114,14 @@ class Params(MethodParams):
         500, ge=10, le=100_000,
         description="Forget, retain and test rows sampled for the per-epoch checks.",
     )
+    teacher_draws: int = Field(
+        8, ge=1, le=64,
+        description="Class forgetting: random teachers drawn in turn until one whose features "
+                    "the model's own classifier does not read as a forgotten class on D_f "
+                    "(at most the class target's share); the draw read so least is kept. A "
+                    "random network's features are nearly one direction for every input, and "
+                    "where the classifier maps it to the forgotten class, pulling D_f there "
+                    "cannot forget it.")
     repair_epochs: int = Field(
         4, ge=0, le=100,
         description="At most this many passes of cross-entropy alone over a fresh recover "
@@ -264,15 +276,59 @@ class _FeatureConstraintRun:
     def __init__(self, task: UnlearningTask, params: Params):
         self.task, self.params = task, params
         self.model = working_copy(task)
-        self.teacher = task.build_fresh().to(task.device).eval().requires_grad_(False)
         self.balance = make_balance(params).to(task.device)
         self.generator = seeded_generator(params.seed)
         self.monitor = Monitor(task, samples=params.eval_samples, generator=self.generator,
                                read_retain=True, class_target_acc=params.class_target_acc)
+        self.teacher, self.teacher_draw = self._draw_teacher()
         self.optimizer = self._optimizer(params.lr)
         self.losses: list[dict] = []  # per forget-task round, undone ones too: losses, weights
         self.student_features: list[torch.Tensor] = []
         self.teacher_features: list[torch.Tensor] = []
+
+    def _draw_teacher(self) -> tuple[nn.Module, dict]:
+        """A frozen random teacher; for a class, the first of up to ``teacher_draws`` whose
+        features the model's classifier reads as a forgotten class on at most the class
+        target's share of the monitor's D_f rows, else the draw read so least."""
+        best: tuple[float, int, nn.Module] | None = None
+        draws = self.params.teacher_draws if self.monitor.class_forgetting else 1
+        limit = self.monitor.class_target / 100
+        for draw in range(draws):
+            teacher = self.task.build_fresh().to(self.task.device).eval().requires_grad_(False)
+            share = self._read_as_forgotten(teacher) if self.monitor.class_forgetting else None
+            if share is None:
+                return teacher, {"draws": 1}
+            if best is None or share < best[0]:
+                best = (share, draw, teacher)
+            if share <= limit:
+                break
+        share, kept, teacher = best
+        return teacher, {"draws": draw + 1, "kept": kept,
+                         "read_as_forgotten": round(100 * share, 2)}
+
+    @torch.no_grad()
+    def _read_as_forgotten(self, teacher: nn.Module) -> float | None:
+        """Share of the monitor's D_f rows whose teacher features, at the model's own feature
+        norms, the model's classifier puts in a forgotten class: where the forget task would
+        take them. None when the constrained layer is not the classifier's input."""
+        if self.params.feature_layer != PENULTIMATE:
+            return None
+        student = self._penultimate(self.model)
+        target = self._penultimate(teacher)
+        head = classification_head(self.model)
+        if target.shape != student.shape or target.shape[1] != head.in_features:
+            return None
+        pulled = F.normalize(target, dim=1) * student.norm(dim=1, keepdim=True)
+        predicted = head(pulled.to(head.weight)).argmax(1).cpu()
+        forgotten = torch.tensor(self.task.data.forget_classes, dtype=predicted.dtype)
+        return float(torch.isin(predicted, forgotten).float().mean())
+
+    def _penultimate(self, net: nn.Module) -> torch.Tensor:
+        """The classifier's input on the monitor's D_f rows, float32, one row per sample."""
+        captured: list[torch.Tensor] = []
+        with capturing(net, PENULTIMATE, captured):
+            outputs(net, self.monitor.forget_x, self.task.device)
+        return torch.cat([f.float().flatten(1) for f in captured])
 
     def _optimizer(self, lr: float) -> torch.optim.Optimizer:
         groups = [{"params": self.model.parameters()}]
@@ -424,6 +480,7 @@ class _FeatureConstraintRun:
             "final_lr": forgetting.lr,
             "repair_stop_reason": repaired.stop_reason,
             "repair_epochs_run": int(repaired.kept),
+            "teacher": self.teacher_draw,
             "balance": self.params.balance,
             "balance_weights": dict(zip(TASKS, self.balance.weights(), strict=True)),
             "start": start.as_dict(),
