@@ -290,12 +290,16 @@ class _FeatureConstraintRun:
         """A frozen random teacher; for a class, the first of up to ``teacher_draws`` whose
         features the model's classifier reads as a forgotten class on at most the class
         target's share of the monitor's D_f rows, else the draw read so least."""
-        best: tuple[float, int, nn.Module] | None = None
-        draws = self.params.teacher_draws if self.monitor.class_forgetting else 1
+        teacher = self._fresh_teacher()
+        student = self._student_features() if self.monitor.class_forgetting else None
+        if student is None:
+            return teacher, {"draws": 1}
         limit = self.monitor.class_target / 100
-        for draw in range(draws):
-            teacher = self.task.build_fresh().to(self.task.device).eval().requires_grad_(False)
-            share = self._read_as_forgotten(teacher) if self.monitor.class_forgetting else None
+        best: tuple[float, int, nn.Module] | None = None
+        for draw in range(self.params.teacher_draws):
+            if draw:
+                teacher = self._fresh_teacher()
+            share = self._read_as_forgotten(teacher, student)
             if share is None:
                 return teacher, {"draws": 1}
             if best is None or share < best[0]:
@@ -306,14 +310,21 @@ class _FeatureConstraintRun:
         return teacher, {"draws": draw + 1, "kept": kept,
                          "read_as_forgotten": round(100 * share, 2)}
 
-    @torch.no_grad()
-    def _read_as_forgotten(self, teacher: nn.Module) -> float | None:
-        """Share of the monitor's D_f rows whose teacher features, at the model's own feature
-        norms, the model's classifier puts in a forgotten class: where the forget task would
-        take them. None when the constrained layer is not the classifier's input."""
+    def _fresh_teacher(self) -> nn.Module:
+        return self.task.build_fresh().to(self.task.device).eval().requires_grad_(False)
+
+    def _student_features(self) -> torch.Tensor | None:
+        """The model's own penultimate features on the monitor's D_f rows, computed once for
+        every draw; None when the constrained layer is not the classifier's input."""
         if self.params.feature_layer != PENULTIMATE:
             return None
-        student = self._penultimate(self.model)
+        return self._penultimate(self.model)
+
+    @torch.no_grad()
+    def _read_as_forgotten(self, teacher: nn.Module, student: torch.Tensor) -> float | None:
+        """Share of the monitor's D_f rows whose teacher features, at the model's own feature
+        norms, the model's classifier puts in a forgotten class: where the forget task would
+        take them. None when the features are not the classifier's input."""
         target = self._penultimate(teacher)
         head = classification_head(self.model)
         if target.shape != student.shape or target.shape[1] != head.in_features:
@@ -323,6 +334,7 @@ class _FeatureConstraintRun:
         forgotten = torch.tensor(self.task.data.forget_classes, dtype=predicted.dtype)
         return float(torch.isin(predicted, forgotten).float().mean())
 
+    @torch.no_grad()
     def _penultimate(self, net: nn.Module) -> torch.Tensor:
         """The classifier's input on the monitor's D_f rows, float32, one row per sample."""
         captured: list[torch.Tensor] = []
