@@ -7,6 +7,10 @@ TORCH_SPEC ?= torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# The suite spreads over the machine's cores (up to 4; each worker gets its own PostgreSQL
+# database, Celery queues and temporary homes). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
+PARALLEL := -n $(TEST_WORKERS) --maxprocesses 4 --dist worksteal
 PRESET ?= smoke
 STAMP := $(VENV)/.installed
 
@@ -31,10 +35,10 @@ worker: install  ## a Celery worker (needs LETHE_BROKER_URL and LETHE_DATABASE_U
 
 test: install  ## lint, then the whole suite (PostgreSQL/Redis tests skip if those are absent)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: install  ## the suite without the slow end-to-end tests
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 bench: install  ## e.g. make bench PRESET=cpu (results in bench-out/PRESET)
 	$(BIN)/lethe bench --preset $(PRESET) --out bench-out/$(PRESET)
