@@ -17,7 +17,13 @@ many fresh D_r rows under their labels:
 - ``relabel``: D_f under random wrong labels (random-label's and SalUn's target);
 - ``neighbours``: D_f under the label histogram of each row's k nearest D_r rows (cosine, in
   the penultimate features or the input), a guess at what a model that never saw the row
-  would say.
+  would say;
+- ``reference``: D_f under the soft predictions of a model trained afresh (the pair's recipe)
+  on a random ``reference_share`` of D_r: a target from a model that never saw D_f, at the
+  price of a partial retrain (a ceiling on what a target can do, not a method);
+- ``scrub``: SCRUB's two steps (Kurmanji et al., 2023) as one round: an epoch that maximises
+  the KL divergence from the original (frozen) to the model on D_f, then one that minimises
+  KL plus cross-entropy on the fresh D_r rows (temperature 4).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from worker.engine.gate_thresholds import GateThresholds
 from worker.engine.methods._baseline_utils import random_wrong_labels
 from worker.engine.methods._common import evaluating, freeze_norm_statistics, random_rows
 from worker.engine.methods._monitor import Monitor, Weights, descend, relative_lr, repair
-from worker.engine.training import iterate_batches, seeded_generator
+from worker.engine.training import iterate_batches, seeded_generator, train
 
 
 def setup(pair_name: str, seed: int):
@@ -88,9 +94,18 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(targets * logits.log_softmax(1)).sum(1).mean()
 
 
+def distill_kl(teacher_logits: torch.Tensor, logits: torch.Tensor,
+               temperature: float = 4.0) -> torch.Tensor:
+    """KL(teacher ‖ model) at ``temperature``, scaled by its square (SCRUB's DistillKL)."""
+    return F.kl_div((logits / temperature).log_softmax(1),
+                    (teacher_logits / temperature).softmax(1),
+                    reduction="batchmean") * temperature ** 2
+
+
 def forget_phase(model, data, device, seed: int, target: str, *, share: float = 0.02,
                  retain_ratio: float = 1.0, k: int = 10, space: str = "features",
-                 max_rounds: int = 30, repair_rounds: int = 8, batch_size: int = 64):
+                 max_rounds: int = 30, repair_rounds: int = 8, batch_size: int = 64,
+                 reference: torch.nn.Module | None = None):
     generator = seeded_generator(seed)
     monitor = Monitor(SimpleNamespace(data=data, device=device), samples=500,
                       generator=generator, read_retain=True)
@@ -98,6 +113,9 @@ def forget_phase(model, data, device, seed: int, target: str, *, share: float = 
     x_forget, y_forget = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
     classes = data.num_classes
     fixed = neighbour_targets(model, data, device, k, space) if target == "neighbours" else None
+    if reference is not None:
+        with torch.no_grad(), evaluating(reference):
+            fixed = reference(x_forget.to(device)).softmax(1).cpu()
 
     def forget_targets() -> torch.Tensor:
         if fixed is not None:
@@ -118,7 +136,35 @@ def forget_phase(model, data, device, seed: int, target: str, *, share: float = 
             soft_cross_entropy(model(xb.to(device)), tb.to(device)).backward()
             optimizer.step()
 
+    teacher = copy.deepcopy(model).eval() if target == "scrub" else None
+
+    def scrub_step(xb, yb, sign: float) -> None:
+        optimizer.zero_grad()
+        with torch.no_grad():
+            taught = teacher(xb)
+        logits = model(xb)
+        loss = sign * distill_kl(taught, logits)
+        if sign > 0:
+            loss = loss + F.cross_entropy(logits, yb)
+        loss.backward()
+        optimizer.step()
+
+    def scrub_round(_round, lr):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        freeze_norm_statistics(model)
+        for xb, yb in iterate_batches(x_forget, y_forget, batch_size, shuffle=True,
+                                      generator=generator):
+            scrub_step(xb.to(device), yb.to(device), -1.0)  # max-step
+        rows = data.retain_idx[random_rows(len(data.retain_idx), retained, generator)]
+        for xb, yb in iterate_batches(data.x_train[rows], data.y_train[rows], batch_size,
+                                      shuffle=True, generator=generator):
+            scrub_step(xb.to(device), yb.to(device), 1.0)  # min-step
+
     def forget_round(_round, lr):
+        if teacher is not None:
+            return scrub_round(_round, lr)
         rows = data.retain_idx[random_rows(len(data.retain_idx), retained, generator)]
         train_on(torch.cat([x_forget, data.x_train[rows]]),
                  torch.cat([forget_targets(), F.one_hot(data.y_train[rows], classes).float()]), lr)
@@ -130,7 +176,11 @@ def forget_phase(model, data, device, seed: int, target: str, *, share: float = 
 
     model.eval()
     model.zero_grad()
-    probe = soft_cross_entropy(model(x_forget[:256].to(device)), forget_targets()[:256].to(device))
+    # The step is sized on the cross-entropy of D_f under the phase's target (SCRUB's own loss
+    # has no gradient at the start, where the model is its teacher: its true labels then).
+    probe_targets = (F.one_hot(y_forget[:256], classes).float() if teacher is not None
+                     else forget_targets()[:256])
+    probe = soft_cross_entropy(model(x_forget[:256].to(device)), probe_targets.to(device))
     probe.backward()
     lr = relative_lr(parameters, [p.grad for p in parameters], share)
     model.zero_grad()
@@ -165,8 +215,18 @@ def main(pair_name: str, seeds: str, what: str, options: dict) -> None:
             continue
         model = copy.deepcopy(original)
         started = time.perf_counter()
+        if what == "reference":
+            options = dict(options)
+            share = options.pop("reference_share", 0.5)
+            rows = data.retain_idx[random_rows(len(data.retain_idx),
+                                               int(share * len(data.retain_idx)),
+                                               seeded_generator(seed))]
+            options["reference"] = train(runner.build_fresh(), data.x_train[rows],
+                                         data.y_train[rows], runner.recipe(seed), runner.device)
+            print(f"  reference on {len(rows)} D_r rows: {time.perf_counter() - started:.1f} s")
         forgetting, repaired = forget_phase(model, data, runner.device, seed, what, **options)
-        print(f"{pair_name} seed {seed} {what} {options}: {time.perf_counter() - started:.1f} s, "
+        shown = {key: value for key, value in options.items() if key != "reference"}
+        print(f"{pair_name} seed {seed} {what} {shown}: {time.perf_counter() - started:.1f} s, "
               f"descend {forgetting.stop_reason} after {forgetting.kept:.2f} rounds, repair "
               f"{repaired.stop_reason}; {verdict_line(gate, model)}", flush=True)
 
