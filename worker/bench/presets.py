@@ -113,10 +113,6 @@ def paper_variants(gamma: float = 0.95) -> tuple[Variant, ...]:
 
     ``ssd (official)``: Foster et al.'s α 10 and λ 1, batch 128 for random samples and 64 for
     whole classes. Lethe's loader still shuffles D (the authors' does not; see ssd.py).
-
-    ``feature-constraint (paper balance)``: Yin et al.'s adaptive loss balance (uncertainty
-    weighting, capped at 1 as Lethe's is) in place of the default fixed weights; the rest of
-    the method, Lethe's monitor included, is the default's.
     """
     return (
         Variant("projected-gradient (paper)", "projected-gradient", {
@@ -126,8 +122,6 @@ def paper_variants(gamma: float = 0.95) -> tuple[Variant, ...]:
             "bisect_steps": 0, "adapt_step": False}),
         Variant("ssd (official)", "ssd", {"alpha": 10.0, "dampening": 1.0, "batch_size": 128},
                 scenario_params={"class": {"batch_size": 64}}),
-        Variant("feature-constraint (paper balance)", "feature-constraint",
-                {"balance": "uncertainty", "recover_weight": 1.0}),
     )
 
 

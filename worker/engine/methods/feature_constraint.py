@@ -1,7 +1,6 @@
 """Feature constraint with adaptive loss balance: pull the forget set's features towards those
 of a randomly initialised teacher (which never saw D_f), while cross-entropy on a small retain
-subset keeps the rest of the model working; the paper weighs the two losses adaptively
-(``balance="uncertainty"``), Lethe's default weighs them by fixed weights (see below).
+subset keeps the rest of the model working; the two losses are weighed adaptively.
 
 The teacher, the feature loss, the recover subset drawn afresh each epoch and the three
 balancing schemes (uncertainty weighting, DWA, fixed) follow the paper's abstract and
@@ -9,11 +8,6 @@ methods.md; "stop once forget accuracy falls to the test accuracy level" is the 
 
 Lethe's additions (the monitor and its loops are shared, in ``_monitor.py``):
 
-- the losses are weighed by fixed weights by default (recover x5), not by the paper's
-  adaptive balance: a leave-one-pair-out sweep over the zoo's four pairs (three seeds,
-  validation rows) chose them for every held-out pair, and they passed the gate on 15 of 24
-  trials against uncertainty weighting's 13 (class forgetting on the All-CNN: 3 of 3 against
-  0). ``balance="uncertainty"`` is the paper's, benchmarked as its own row;
 - uncertainty weights are capped at 1 (log-variances kept ≥ 0): Kendall et al.'s weights
   are 1/L_i at their optimum, so on a well-fit model, whose recover loss is near zero, they
   multiplied the step a hundredfold and wrecked it within an epoch;
@@ -95,14 +89,9 @@ class Params(MethodParams):
     recover_max_samples: int = Field(
         5000, ge=1, le=1_000_000, description="Cap on the recover subset's size.")
     balance: Literal["uncertainty", "dwa", "fixed"] = Field(
-        "fixed",
+        "uncertainty",
         description="How the forget and recover losses are weighed: learned uncertainty "
-                    "(Kendall et al., the paper's adaptive balance), dynamic weight averaging "
-                    "(Liu et al.) or fixed weights (forget_weight, recover_weight). Fixed "
-                    "weights with the recover loss x5 are the default: leave-one-pair-out over "
-                    "the zoo, three seeds on validation rows, chose them for every held-out "
-                    "pair over uncertainty weighting (benchmarks/tuning/zoo-lopo/"
-                    "feature-constraint-balance/).",
+                    "(Kendall et al.), dynamic weight averaging (Liu et al.) or fixed weights.",
     )
     balance_lr: float = Field(
         0.1, gt=0, le=10,
@@ -113,7 +102,7 @@ class Params(MethodParams):
         2.0, gt=0, le=100, description="Temperature T of dynamic weight averaging.")
     forget_weight: float = Field(1.0, ge=0, le=1000, description="Fixed weight of the forget loss.")
     recover_weight: float = Field(
-        5.0, ge=0, le=1000, description="Fixed weight of the recover loss.")
+        1.0, ge=0, le=1000, description="Fixed weight of the recover loss.")
     class_target_acc: float | None = Field(
         None, ge=0, le=100,
         description="Class forgetting: stop once forget accuracy (percent) is at most this; "
@@ -267,8 +256,7 @@ class FeatureConstraint(UnlearningMethod):
     name = "feature-constraint"
     summary = (
         "Pull the forget set's features towards a random-initialised teacher's while a small "
-        "retain subset keeps accuracy; the two losses weighed by fixed weights, or adaptively "
-        "as in the paper (balance=uncertainty)."
+        "retain subset keeps accuracy, with adaptively balanced losses."
     )
     reference = (
         "Yin, Wu, Li, Wang, Gao. A Machine Unlearning Method via Feature Constraint and "
