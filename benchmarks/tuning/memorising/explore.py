@@ -126,11 +126,14 @@ def forget_phase(model, data, device, seed: int, target: str, *, share: float = 
     optimizer = torch.optim.SGD(parameters, lr=0.0)
     retained = max(1, int(retain_ratio * len(x_forget)))
 
-    def train_on(x, targets, lr):
+    def start_pass(lr):
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
         freeze_norm_statistics(model)
+
+    def train_on(x, targets, lr):
+        start_pass(lr)
         for xb, tb in iterate_batches(x, targets, batch_size, shuffle=True, generator=generator):
             optimizer.zero_grad()
             soft_cross_entropy(model(xb.to(device)), tb.to(device)).backward()
@@ -150,10 +153,7 @@ def forget_phase(model, data, device, seed: int, target: str, *, share: float = 
         optimizer.step()
 
     def scrub_round(_round, lr):
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        freeze_norm_statistics(model)
+        start_pass(lr)
         for xb, yb in iterate_batches(x_forget, y_forget, batch_size, shuffle=True,
                                       generator=generator):
             scrub_step(xb.to(device), yb.to(device), -1.0)  # max-step
