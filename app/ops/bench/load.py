@@ -155,9 +155,15 @@ async def _run_load(endpoint: Endpoint, make: RequestMaker, concurrency: int, se
     exhausted = asyncio.Event()
     await asyncio.gather(*(_client(i, endpoint, make, stop_at, record_from, result, exhausted,
                                    observe) for i in range(concurrency)))
-    result.seconds = min(seconds, max(1e-9, time.perf_counter() - record_from))
+    # Rates are over the time the counted requests took: the window, and the tail of those
+    # still in flight when it closed (a request queued for longer than the window would
+    # otherwise be counted against a window it outlasted).
+    result.seconds = max(1e-9, time.perf_counter() - record_from)
     if exhausted.is_set():
         result.note = "the workload ran out before the window ended"
+    elif not result.latencies_ms and not result.errors:
+        result.note = (f"no request started in the {seconds:g}-s window: every client was still "
+                       f"waiting on one sent in the {warmup:g}-s warm-up (lengthen both)")
     return result
 
 

@@ -131,7 +131,9 @@ def _deletions_section(points: list[dict]) -> list[str]:
     lines = ["### 2. Deletion requests accepted", "",
              "`POST /v1/models/{id}/deletion-requests` (one fresh sample each, finetune for one "
              "epoch, no fallback, unenforced gate) from 16 keep-alive clients, spread over the "
-             "models in turn; accepted = answered 202. Jobs run meanwhile: the first request "
+             "models in turn; accepted = answered 202, counted for the requests sent in the window "
+             "and divided by the time they took (the window and the tail still in flight when "
+             "it closed). Jobs run meanwhile: the first request "
              "on an idle model starts one, later ones join the queued job or queue one. What "
              "is left when the window closes is cancelled. Goal: "
              f"{GOALS['deletions']}.", "",
