@@ -427,6 +427,26 @@ def test_repair_never_gives_back_a_class_the_forgetting_left_short_of_its_target
     assert monitor.forget_accuracy(net) <= partly  # the first round's point, not the second's
 
 
+def test_repair_undoes_a_diverged_round_halves_the_step_and_goes_on(digits, model):
+    net = copy.deepcopy(model)
+    task = make_task(net, digits, random_rows(digits))
+    monitor = Monitor(task, samples=500, generator=seeded_generator(0), read_retain=True)
+    monitor.begin(net)
+    weights = Weights(net.parameters())
+    rates = []
+
+    def round_(number: int, lr: float) -> None:  # the first round diverges, the next do nothing
+        rates.append(lr)
+        if number == 1:
+            with torch.no_grad():
+                net.classifier.weight.fill_(float("nan"))
+
+    monitor.start.held_out += 10  # pretend utility was lost, so the repair runs
+    run = repair(monitor, net, weights, round_, lr=0.1, max_rounds=3)
+    assert weights.finite() and run.undone == 1 and run.kept == 2
+    assert rates == [0.1, 0.05, 0.05]
+
+
 # --- deepclean -------------------------------------------------------------------------------
 
 def test_fisher_diagonal_is_mean_squared_per_sample_gradient(digits, model):
@@ -485,7 +505,8 @@ def test_deepclean_finetunes_only_reset_weights(digits, model):
     task = make_task(model, digits, class_rows(digits))
     reset_only = run_method("deepclean", task, finetune_epochs=0).model
     # One attempt, so both reset the same weights.
-    finetuned = run_method("deepclean", task, finetune_epochs=2, max_resets=1).model
+    finetuned = run_method("deepclean", task, finetune_epochs=2, max_resets=1,
+                           finetune_scope="reset").model
     for (name, original), reset, tuned in zip(model.named_parameters(), reset_only.parameters(),
                                               finetuned.parameters(), strict=True):
         selected = (reset == 0) & (original != 0)
@@ -518,6 +539,24 @@ def test_deepclean_finetune_scope_all_trains_every_weight(digits, model):
     moved = sum(int((tuned[mask] != reset[mask]).sum()) for reset, tuned, mask
                 in zip(reset_only.parameters(), finetuned.parameters(), kept, strict=True))
     assert moved > 0.5 * sum(int(mask.sum()) for mask in kept)
+
+
+def test_deepclean_trains_every_weight_only_when_the_reset_ones_cannot_recover(digits, model):
+    task = make_task(model, digits, random_rows(digits))
+    # Resetting a third of the weights costs more accuracy than they alone can win back.
+    wrecked = {"top_fraction": 0.3, "max_resets": 1, "finetune_epochs": 2}
+    masked_only = run_method("deepclean", task, finetune_scope="reset", **wrecked)
+    widened = run_method("deepclean", task, **wrecked)  # the default scope, reset-then-all
+    assert "every weight" not in masked_only.metrics["finetune_stop_reason"]
+    assert "every weight" in widened.metrics["finetune_stop_reason"]
+    assert any(entry.get("scope") == "all" for entry in widened.metrics["finetune_history"])
+    kept = [reset != 0 for reset in masked_only.model.parameters()]
+    untouched = [(p == q)[mask] for p, q, mask in zip(model.parameters(),
+                                                     widened.model.parameters(), kept,
+                                                     strict=True)]
+    assert sum(int((~same).sum()) for same in untouched) > 0  # weights never reset moved
+    # ... and won back accuracy the reset weights alone could not.
+    assert measure(widened.model, task).test > measure(masked_only.model, task).test
 
 
 # --- feature-constraint ----------------------------------------------------------------------

@@ -495,14 +495,15 @@ def repair(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *, 
         progress(round_ / max_rounds)
         score = monitor.score(model, round_)
         entry = score.as_dict() | {"phase": "repair", "lr": run.lr}
-        gives_back = monitor.class_forgetting and score.forget > class_ceiling
-        if not weights.finite() or gives_back:
+        if monitor.class_forgetting and score.forget > class_ceiling:
             weights.load(before)
             run.history.append(entry | {"undone": True})
             run.undone += 1
             run.stop_reason = "forget-set-returns"
             return run
-        if monitor.utility_drop(score) > monitor.utility_drop(last) + 0.5:
+        # A diverged round (a non-finite weight) counts as one that cost utility.
+        if (not weights.finite()
+                or monitor.utility_drop(score) > monitor.utility_drop(last) + 0.5):
             weights.load(before)
             run.history.append(entry | {"undone": True})
             run.lr /= 2

@@ -1,5 +1,6 @@
 """DeepClean: reset the weights whose Fisher information is far larger on D_f than on D_r, then
-fine-tune only those weights on D_r; every other weight stays bit-identical.
+fine-tune those weights on D_r (the paper's: every other weight stays bit-identical; see
+``finetune_scope`` for Lethe's default).
 
 The Fisher diagonals, the ratio F_f / (F_r + ε), the reset to zero and the fine-tuning of the
 reset weights alone follow the paper (methods.md); a D_r sample estimates F_r, and ε is set
@@ -12,6 +13,12 @@ Lethe's additions (the monitor and its loops are shared, in ``_monitor.py``):
   one pass and at most finetune_epochs; a pass that costs accuracy is undone and the step
   halved, one that brings a class back is undone and ends it, and when scattered samples
   come back with the retained data's accuracy it returns to its last acceptable point;
+  passes augment images as the training recipe did (unaugmented passes overfit the half of
+  D_r they see);
+- when fine-tuning the reset weights alone leaves retained accuracy outside that budget (an
+  underfit model, whose accuracy a 1% reset costs more of than its few weights win back),
+  the same passes go on training every weight (``finetune_scope`` 'reset-then-all'; 'reset'
+  is the paper's, where every other weight stays bit-identical);
 - when the reset and fine-tuning leave the forget set known (a class above the gate's limit,
   scattered samples above the gate's window around held-out accuracy: a top 1% of weights
   often holds little that is specific to scattered samples), the method starts again from the
@@ -50,7 +57,13 @@ from worker.engine.methods._common import (
     working_copy,
 )
 from worker.engine.methods._monitor import Monitor, Run, Score, Weights, repair
-from worker.engine.training import iterate_batches, seeded_generator
+from worker.engine.methods.finetune import DEFAULT_LR_DIVISOR
+from worker.engine.training import (
+    augment_images,
+    iterate_batches,
+    make_optimizer,
+    seeded_generator,
+)
 
 
 class Params(MethodParams):
@@ -102,13 +115,22 @@ class Params(MethodParams):
         description="Attempts in all: after one that leaves D_f known, start again from the "
                     "base weights resetting twice the share (top-fraction) or above half the "
                     "ratio (threshold).")
-    finetune_scope: Literal["reset", "all"] = Field(
-        "reset",
-        description="Weights fine-tuning trains: only the reset ones (the paper's; every other "
-                    "weight stays bit-identical) or all of them (also lets the model use the "
-                    "capacity a forgotten class freed, as retraining does).",
+    finetune_scope: Literal["reset", "reset-then-all", "all"] = Field(
+        "reset-then-all",
+        description="Weights fine-tuning trains: only the reset ones ('reset', the paper's; "
+                    "every other weight stays bit-identical), the reset ones and then, when "
+                    "those passes leave retained accuracy outside the budget, every weight "
+                    "('reset-then-all', Lethe's), or every weight from the start ('all', which "
+                    "also lets the model use the capacity a forgotten class freed, as "
+                    "retraining does).",
     )
-    finetune_lr: float = Field(0.03, gt=0, le=10, description="SGD learning rate of fine-tuning.")
+    finetune_lr: float = Field(
+        0.03, gt=0, le=10, description="SGD learning rate of fine-tuning the reset weights.")
+    widened_lr: float | None = Field(
+        None, gt=0, le=10,
+        description="Learning rate once fine-tuning trains every weight (with the recipe's "
+                    "optimizer); default a fifth of the training recipe's, the fine-tune "
+                    "baseline's (0.03 on every weight diverged on the zoo's All-CNN).")
     finetune_momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum of fine-tuning.")
     batch_size: int = Field(128, ge=1, le=8192, description="Fine-tuning batch size.")
     eval_samples: int = Field(
@@ -247,7 +269,7 @@ class DeepClean(UnlearningMethod):
                           read_retain=True)
         monitor.begin(model)
         ratios = self._fisher_ratios(model, task, params, generator)
-        weights = Weights(model.parameters())
+        weights = Weights(_parameters_and_statistics(model))  # widened fine-tuning moves both
         base = weights.save()
         attempts: list[dict] = []
         best: tuple[float, int, list[torch.Tensor]] | None = None
@@ -301,6 +323,14 @@ class DeepClean(UnlearningMethod):
         return fisher_ratio(*fishers, params.epsilon)
 
 
+def _parameters_and_statistics(model: nn.Module, *, parameters: bool = True
+                               ) -> list[torch.Tensor]:
+    """The model's parameters (unless ``parameters`` is false) and its floating-point buffers
+    (normalisation statistics), everything a fine-tuning pass may change."""
+    statistics = [b for b in model.buffers() if b.is_floating_point()]
+    return [*model.parameters(), *statistics] if parameters else statistics
+
+
 @torch.no_grad()
 def reset_weights(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     for name, parameter in model.named_parameters():
@@ -335,19 +365,59 @@ def _attempt_record(masks: dict[str, torch.Tensor], after_reset: Score,
 def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
                     params: Params, generator: torch.Generator, monitor: Monitor,
                     progress: ProgressFn) -> Run:
-    """Cross-entropy on D_r updating only the masked entries (every entry for finetune_scope
-    'all'), pass by pass until the monitor finds retained accuracy recovered. Gradients outside
-    the mask are zeroed and there is no weight decay, so SGD's momentum buffers stay zero there
-    and those weights do not change by a single bit."""
-    named = dict(model.named_parameters())
-    if params.finetune_scope == "all":
-        masks = {name: torch.ones_like(mask) for name, mask in masks.items()}
-    trainable = {name: named[name] for name, mask in masks.items() if mask.any()}
-    if not trainable or params.finetune_epochs == 0:
+    """Fine-tuning after the reset, as ``finetune_scope`` says: the reset weights, then (for
+    'reset-then-all', when those passes did not bring retained accuracy back within the
+    monitor's budget) every weight, each phase up to finetune_epochs passes."""
+    if params.finetune_epochs == 0 or not any(mask.any() for mask in masks.values()):
         return Run("no-finetuning", params.finetune_lr)
+    every_weight = {name: torch.ones_like(mask) for name, mask in masks.items()}
+    if params.finetune_scope == "all":
+        return _finetune(model, every_weight, task, params, generator, monitor, progress,
+                         widened=True)
+    masked = _finetune(model, masks, task, params, generator, monitor,
+                       progress_span(progress, 0.0, 0.5))
+    if params.finetune_scope == "reset" or not _needs_every_weight(monitor, model, masked):
+        progress(1.0)
+        return masked
+    widened = _finetune(model, every_weight, task, params, generator, monitor,
+                        progress_span(progress, 0.5, 1.0), widened=True)
+    return Run(f"{masked.stop_reason}; every weight: {widened.stop_reason}", widened.lr,
+               rounds=masked.rounds + widened.rounds, kept=masked.kept + widened.kept,
+               undone=masked.undone + widened.undone,
+               history=masked.history + [entry | {"scope": "all"} for entry in widened.history])
+
+
+def _needs_every_weight(monitor: Monitor, model: nn.Module, masked: Run) -> bool:
+    """Fine-tuning the reset weights left retained accuracy outside the budget (and did not
+    stop because the forget set was coming back, which more training would only speed)."""
+    if masked.stop_reason.startswith("forget-set-returns"):
+        return False
+    return monitor.utility_drop(monitor.score(model, masked.rounds)) > monitor.budget / 2
+
+
+def _finetune(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
+              params: Params, generator: torch.Generator, monitor: Monitor,
+              progress: ProgressFn, *, widened: bool = False) -> Run:
+    """Cross-entropy on D_r updating only the masked entries, pass by pass until the monitor
+    finds retained accuracy recovered. Gradients outside the mask are zeroed and there is no
+    weight decay, so SGD's momentum buffers stay zero there and those weights do not change by
+    a single bit.
+
+    ``widened`` (every weight trained) trains as the fine-tune baseline does: the recipe's
+    optimizer (SGD with finetune_momentum for an SGD recipe; Adam or AdamW, without weight
+    decay, for those) at widened_lr, normalisation statistics updated."""
+    named = dict(model.named_parameters())
+    trainable = {name: named[name] for name, mask in masks.items() if mask.any()}
+
+    lr = (params.widened_lr or task.recipe.lr / DEFAULT_LR_DIVISOR) if widened \
+        else params.finetune_lr
+    adaptive = widened and task.recipe.optimizer != "sgd"
 
     def new_optimizer() -> torch.optim.Optimizer:
-        return torch.optim.SGD(trainable.values(), lr=params.finetune_lr,
+        if adaptive:  # SGD at a fifth of an Adam recipe's rate would not move the weights
+            return make_optimizer(trainable.values(),
+                                  task.recipe.model_copy(update={"weight_decay": 0.0}), lr)
+        return torch.optim.SGD(trainable.values(), lr=lr,
                                momentum=params.finetune_momentum, weight_decay=0.0)
 
     optimizer = new_optimizer()
@@ -359,9 +429,12 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: Unle
             group["lr"] = lr
         rows = data.retain_idx[random_rows(len(data.retain_idx), take, generator)]
         model.train()
-        freeze_norm_statistics(model)
+        if not widened:
+            freeze_norm_statistics(model)
         for xb, yb in iterate_batches(data.x_train[rows], data.y_train[rows], params.batch_size,
                                       shuffle=True, generator=generator, device=task.device):
+            if task.recipe.augment:  # as the model was trained: without, passes overfit D_r
+                xb = augment_images(xb, generator)
             optimizer.zero_grad(set_to_none=True)
             # bf16 forward pass on a GPU (the Fisher diagonals above stay float32: exact
             # per-sample gradients decide which weights are reset).
@@ -378,6 +451,9 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: Unle
         optimizer = new_optimizer()
 
     with only_these_trainable(model, list(trainable.values())):
-        return repair(monitor, model, Weights(trainable.values()), finetune_pass,
-                      lr=params.finetune_lr, max_rounds=params.finetune_epochs, min_rounds=1,
+        changed = [*trainable.values(),
+                   *(_parameters_and_statistics(model, parameters=False)
+                     if widened else [])]
+        return repair(monitor, model, Weights(changed), finetune_pass,
+                      lr=lr, max_rounds=params.finetune_epochs, min_rounds=1,
                       on_undo=restart, progress=progress)
