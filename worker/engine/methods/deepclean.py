@@ -15,10 +15,11 @@ Lethe's additions (the monitor and its loops are shared, in ``_monitor.py``):
   come back with the retained data's accuracy it returns to its last acceptable point;
   passes augment images as the training recipe did (unaugmented passes overfit the half of
   D_r they see);
-- when fine-tuning the reset weights alone leaves retained accuracy outside that budget (an
-  underfit model, whose accuracy a 1% reset costs more of than its few weights win back),
-  the same passes go on training every weight (``finetune_scope`` 'reset-then-all'; 'reset'
-  is the paper's, where every other weight stays bit-identical);
+- when fine-tuning the reset weights alone leaves retained accuracy outside that budget with
+  the forget set forgotten (an underfit model, whose accuracy a 1% reset costs more of than
+  its few weights win back), the same passes go on training every weight
+  (``finetune_scope`` 'reset-then-all'; 'reset' is the paper's, where every other weight
+  stays bit-identical);
 - when the reset and fine-tuning leave the forget set known (a class above the gate's limit,
   scattered samples above the gate's window around held-out accuracy: a top 1% of weights
   often holds little that is specific to scattered samples), the method starts again from the
@@ -388,11 +389,14 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: Unle
 
 
 def _needs_every_weight(monitor: Monitor, model: nn.Module, masked: Run) -> bool:
-    """Fine-tuning the reset weights left retained accuracy outside the budget (and did not
-    stop because the forget set was coming back, which more training would only speed)."""
+    """Fine-tuning the reset weights left retained accuracy outside the budget with the forget
+    set forgotten. Not when the forget set is still known (a memorising model whose reset
+    missed it: training every weight on D_r would only cost the time of a retrain, and the
+    next, wider reset is the remedy) or was coming back."""
     if masked.stop_reason.startswith("forget-set-returns"):
         return False
-    return monitor.utility_drop(monitor.score(model, masked.rounds)) > monitor.budget / 2
+    score = monitor.score(model, masked.rounds)
+    return monitor.utility_drop(score) > monitor.budget / 2 and not monitor.remembered(score)
 
 
 def _finetune(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
