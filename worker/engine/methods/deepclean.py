@@ -270,7 +270,8 @@ class DeepClean(UnlearningMethod):
                           read_retain=True)
         monitor.begin(model)
         ratios = self._fisher_ratios(model, task, params, generator)
-        weights = Weights(_parameters_and_statistics(model))  # widened fine-tuning moves both
+        # Fine-tuning every weight also moves the normalisation statistics.
+        weights = Weights([*model.parameters(), *_norm_statistics(model)])
         base = weights.save()
         attempts: list[dict] = []
         best: tuple[float, int, list[torch.Tensor]] | None = None
@@ -324,12 +325,10 @@ class DeepClean(UnlearningMethod):
         return fisher_ratio(*fishers, params.epsilon)
 
 
-def _parameters_and_statistics(model: nn.Module, *, parameters: bool = True
-                               ) -> list[torch.Tensor]:
-    """The model's parameters (unless ``parameters`` is false) and its floating-point buffers
-    (normalisation statistics), everything a fine-tuning pass may change."""
-    statistics = [b for b in model.buffers() if b.is_floating_point()]
-    return [*model.parameters(), *statistics] if parameters else statistics
+def _norm_statistics(model: nn.Module) -> list[torch.Tensor]:
+    """The model's floating-point buffers (normalisation statistics), which a pass that does
+    not freeze them changes along with the weights."""
+    return [b for b in model.buffers() if b.is_floating_point()]
 
 
 @torch.no_grad()
@@ -371,17 +370,15 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: Unle
     monitor's budget) every weight, each phase up to finetune_epochs passes."""
     if params.finetune_epochs == 0 or not any(mask.any() for mask in masks.values()):
         return Run("no-finetuning", params.finetune_lr)
-    every_weight = {name: torch.ones_like(mask) for name, mask in masks.items()}
     if params.finetune_scope == "all":
-        return _finetune(model, every_weight, task, params, generator, monitor, progress,
-                         widened=True)
+        return _finetune(model, None, task, params, generator, monitor, progress)
     masked = _finetune(model, masks, task, params, generator, monitor,
                        progress_span(progress, 0.0, 0.5))
     if params.finetune_scope == "reset" or not _needs_every_weight(monitor, model, masked):
         progress(1.0)
         return masked
-    widened = _finetune(model, every_weight, task, params, generator, monitor,
-                        progress_span(progress, 0.5, 1.0), widened=True)
+    widened = _finetune(model, None, task, params, generator, monitor,
+                        progress_span(progress, 0.5, 1.0))
     return Run(f"{masked.stop_reason}; every weight: {widened.stop_reason}", widened.lr,
                rounds=masked.rounds + widened.rounds, kept=masked.kept + widened.kept,
                undone=masked.undone + widened.undone,
@@ -399,22 +396,24 @@ def _needs_every_weight(monitor: Monitor, model: nn.Module, masked: Run) -> bool
     return monitor.utility_drop(score) > monitor.budget / 2 and not monitor.remembered(score)
 
 
-def _finetune(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
+def _finetune(model: nn.Module, masks: dict[str, torch.Tensor] | None, task: UnlearningTask,
               params: Params, generator: torch.Generator, monitor: Monitor,
-              progress: ProgressFn, *, widened: bool = False) -> Run:
+              progress: ProgressFn) -> Run:
     """Cross-entropy on D_r updating only the masked entries, pass by pass until the monitor
     finds retained accuracy recovered. Gradients outside the mask are zeroed and there is no
     weight decay, so SGD's momentum buffers stay zero there and those weights do not change by
     a single bit.
 
-    ``widened`` (every weight trained) trains as the fine-tune baseline does: the recipe's
+    Without ``masks`` every weight trains, as the fine-tune baseline does: the recipe's
     optimizer (SGD with finetune_momentum for an SGD recipe; Adam or AdamW, without weight
     decay, for those) at widened_lr, normalisation statistics updated."""
+    widened = masks is None
     named = dict(model.named_parameters())
-    trainable = {name: named[name] for name, mask in masks.items() if mask.any()}
+    trainable = named if widened else {name: named[name] for name, mask in masks.items()
+                                       if mask.any()}
 
-    lr = (params.widened_lr or task.recipe.lr / DEFAULT_LR_DIVISOR) if widened \
-        else params.finetune_lr
+    lr = ((params.widened_lr or task.recipe.lr / DEFAULT_LR_DIVISOR) if widened
+          else params.finetune_lr)
     adaptive = widened and task.recipe.optimizer != "sgd"
 
     def new_optimizer() -> torch.optim.Optimizer:
@@ -446,8 +445,9 @@ def _finetune(model: nn.Module, masks: dict[str, torch.Tensor], task: Unlearning
                 logits = model(xb.to(task.device))
                 loss = nn.functional.cross_entropy(logits, yb.to(task.device))
             loss.backward()
-            for name, parameter in trainable.items():
-                parameter.grad.mul_(masks[name])
+            if not widened:
+                for name, parameter in trainable.items():
+                    parameter.grad.mul_(masks[name])
             optimizer.step()
 
     def restart() -> None:
@@ -455,9 +455,7 @@ def _finetune(model: nn.Module, masks: dict[str, torch.Tensor], task: Unlearning
         optimizer = new_optimizer()
 
     with only_these_trainable(model, list(trainable.values())):
-        changed = [*trainable.values(),
-                   *(_parameters_and_statistics(model, parameters=False)
-                     if widened else [])]
+        changed = [*trainable.values(), *(_norm_statistics(model) if widened else [])]
         return repair(monitor, model, Weights(changed), finetune_pass,
                       lr=lr, max_rounds=params.finetune_epochs, min_rounds=1,
                       on_undo=restart, progress=progress)
