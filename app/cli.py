@@ -360,6 +360,10 @@ def bench(
     cache: Annotated[Path | None, typer.Option(
         help="Original models and decoded data; default $LETHE_HOME/bench-cache or "
              "~/.cache/lethe/bench.")] = None,
+    originals: Annotated[Path | None, typer.Option(
+        file_okay=False, help="A pinned set of original models, read before the cache; what "
+        "is trained is kept there. The zoo's is committed: benchmarks/zoo/originals (training "
+        "is deterministic on one machine, not across CPUs).")] = None,
     tune: Annotated[str | None, typer.Option(
         help="Sweep this method's --grid on a validation split instead.")] = None,
     grid: Annotated[str | None, typer.Option(
@@ -419,7 +423,7 @@ def bench(
         if config is not None:
             given = {**(given or {}), "hf_config": json.loads(config.read_text())}
         common = {"scenarios": parse_csv(scenarios), "seeds": parse_csv(seeds, int),
-                  "dataset": dataset, "cache_dir": cache}
+                  "dataset": dataset, "cache_dir": cache, "originals": originals}
         output = (run_tune(preset, tune, json.loads(grid), out, validation=validation,
                            **common) if tune else
                   run_bench(preset, out, methods=parse_csv(methods), workers=workers,

@@ -107,6 +107,39 @@ def test_second_run_reuses_the_cached_original(smoke):
 
 
 @pytest.mark.slow
+def test_a_pinned_set_of_originals_is_kept_and_read_before_the_cache(smoke, tmp_path):
+    first, root = smoke
+    key = first.results["originals"][0]["key"]
+    pinned = tmp_path / "originals"
+    # Found only in the cache: copied into the pinned set, so the set holds what a run used.
+    kept = run_bench("smoke", tmp_path / "kept", methods=["retrain"], scenarios=["class"],
+                     cache_dir=root / "cache", originals=pinned, show_progress=False)
+    assert (pinned / f"{key}.safetensors").is_file()
+    assert kept.results["originals"][0]["pinned"] is False
+    # Another machine, an empty cache: starts from the pinned weights, trains nothing.
+    elsewhere = run_bench("smoke", tmp_path / "elsewhere", methods=["retrain"],
+                          scenarios=["class"], cache_dir=tmp_path / "empty-cache",
+                          originals=pinned, show_progress=False)
+    original = elsewhere.results["originals"][0]
+    assert original["pinned"] is True and original["cache_hit"] is True
+    assert original["test_accuracy"] == first.results["originals"][0]["test_accuracy"]
+    assert not (tmp_path / "empty-cache" / "models").exists()
+    assert "(from the pinned set)" in elsewhere.paths["markdown"].read_text()
+
+
+def test_models_trained_with_a_pinned_set_are_kept_there(tmp_path):
+    cache = ModelCache(tmp_path / "cache", tmp_path / "pinned")
+    model = torch.nn.Linear(3, 2)
+    cache.save("k", model, {"test_accuracy": 0.5})
+    assert cache.locate("k") == tmp_path / "pinned" / "k.safetensors"
+    assert not (tmp_path / "cache" / "models").exists()
+    fresh = torch.nn.Linear(3, 2)
+    assert cache.load("k", fresh) == {"test_accuracy": 0.5}
+    assert torch.equal(fresh.weight, model.weight)
+    assert cache.load("missing", fresh) is None
+
+
+@pytest.mark.slow
 def test_tune_sweeps_on_a_validation_split(smoke, tmp_path):
     _, root = smoke
     output = run_tune("smoke", "finetune", {"epochs": [1, 3]}, tmp_path, scenarios=["class"],

@@ -235,9 +235,15 @@ def _setup(results: dict[str, Any]) -> str:
 
 def _originals(originals: list[dict[str, Any]]) -> str:
     parts = [f"seed {o['seed']}: test accuracy {100 * o['test_accuracy']:.2f}%, trained in "
-             f"{o['train_seconds']:.1f} s{' (from the cache)' if o['cache_hit'] else ''}"
+             f"{o['train_seconds']:.1f} s{_kept(o)}"
              for o in originals]
     return "Original models: " + "; ".join(parts) + "."
+
+
+def _kept(original: dict[str, Any]) -> str:
+    if original.get("pinned"):
+        return " (from the pinned set)"
+    return " (from the cache)" if original["cache_hit"] else ""
 
 
 def _legend(seed_count: int, test_split: str) -> list[str]:

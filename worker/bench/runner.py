@@ -93,7 +93,8 @@ def run_bench(preset: str = "smoke", out: Path = Path("bench-out"), *,
               workers: int = 1, architecture: str | None = None,
               architecture_config: dict[str, Any] | None = None,
               columns: TableColumns | None = None, tokenizer: Path | None = None,
-              recipe: dict[str, Any] | None = None) -> BenchOutput:
+              recipe: dict[str, Any] | None = None,
+              originals: Path | None = None) -> BenchOutput:
     """Run the preset (or the part of it the options select) and write the report to ``out``.
     A suite (e.g. ``zoo``) runs the same selection on each of its pairs, ``workers`` of them
     at once in processes of their own (every time and speed-up is still measured within one
@@ -102,12 +103,14 @@ def run_bench(preset: str = "smoke", out: Path = Path("bench-out"), *,
     (``hf-text-classifier``), tokenized by ``tokenizer`` (a tokenizer.json) or, without one,
     by a word-level tokenizer built from its training texts, as ``lethe train`` does.
     ``recipe`` overrides fields of every pair's training recipe (a model trained from its
-    config alone wants a higher learning rate than a fine-tuning one)."""
+    config alone wants a higher learning rate than a fine-tuning one). ``originals`` is a
+    pinned set of original models (:class:`ModelCache`): read first, and what is trained is
+    kept there, so runs on other machines start from the same weights."""
     suite = with_recipe(with_architecture(resolve_suite(preset, dataset, columns, tokenizer),
                                           architecture, architecture_config), recipe)
     # Every pair's plan first: a bad option fails before the first pair's hours of training.
     plans = [PairPlan(pair, plan_contenders(pair, methods), plan_scenarios(pair, scenarios),
-                      plan_seeds(pair, seeds)) for pair in suite.pairs]
+                      plan_seeds(pair, seeds), originals) for pair in suite.pairs]
     cache_dir = Path(cache_dir or default_cache_dir())
     started = time.perf_counter()
     pair_results = run_pairs(plans, cache_dir, show_progress, workers)
@@ -124,13 +127,14 @@ class PairPlan:
     contenders: list[Contender]
     scenarios: tuple[str, ...]
     seeds: tuple[int, ...]
+    originals: Path | None = None  # a pinned set of original models (ModelCache)
 
 
 def run_pair(plan: PairPlan, cache_dir: Path, show_progress: bool) -> dict[str, Any]:
     """One dataset and architecture: every contender over the seeds and scenarios."""
     started = time.perf_counter()
     data = load_bench_data(plan.preset.dataset, cache_dir, dict(plan.preset.architecture_config))
-    runner = BenchRunner(plan.preset, data, ModelCache(cache_dir))
+    runner = BenchRunner(plan.preset, data, ModelCache(cache_dir, plan.originals))
     trials = runner.run(plan.contenders, plan.scenarios, plan.seeds, show_progress)
     results = runner.results(trials, plan.scenarios, plan.seeds)
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -323,12 +327,15 @@ class BenchRunner:
         # Built and trained under the seed, as retrain builds and trains its model.
         with seeded(seed), self.progress.step(f"seed {seed}: original model") as progress:
             model = self.build_fresh()
+            found = self.cache.locate(key)
             info = self.cache.load(key, model)
             cache_hit = info is not None
             if not cache_hit:
                 info = self._train_original(model, recipe, progress)
                 self.cache.save(key, model, info)
-        self.originals.append({"seed": seed, "cache_hit": cache_hit, "key": key, **info})
+        pinned = found is not None and found.parent == self.cache.pinned
+        self.originals.append({"seed": seed, "cache_hit": cache_hit, "pinned": pinned,
+                               "key": key, **info})
         return model.to(self.device).eval()
 
     def _train_original(self, model: Classifier, recipe: TrainingRecipe,

@@ -35,11 +35,12 @@ def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
              scenarios: list[str] | None = None, seeds: list[int] | None = None,
              dataset: Path | None = None, cache_dir: Path | None = None,
              validation: str = "carve", min_speedup: float = GOAL_SPEEDUP,
-             show_progress: bool = True) -> BenchOutput:
+             show_progress: bool = True, originals: Path | None = None) -> BenchOutput:
     """Run every grid point of ``method`` against retraining and write tune.json/.md/.png.
     ``validation`` says where the validation split comes from (see load_validation_arrays).
     On a suite of several pairs, each pair is swept, and each setting is also judged on every
-    pair by the choice made on the other pairs alone (leave one pair out)."""
+    pair by the choice made on the other pairs alone (leave one pair out). ``originals``: a
+    pinned set of original models, as for run_bench."""
     suite = resolve_suite(preset, dataset)
     if method == REFERENCE:
         raise BenchConfigError("retrain is the reference every setting is measured against; "
@@ -48,7 +49,7 @@ def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
     labelled = {point_label(point): point for point in points}
     # Every pair's plan first: a bad option fails before the first pair's hours of training.
     plans = [PairPlan(pair, sweep_contenders(pair, method, labelled),
-                      plan_scenarios(pair, scenarios), plan_seeds(pair, seeds))
+                      plan_scenarios(pair, scenarios), plan_seeds(pair, seeds), originals)
              for pair in suite.pairs]
     cache_dir = Path(cache_dir or default_cache_dir())
     started = time.perf_counter()
@@ -83,7 +84,7 @@ def tune_pair(plan: PairPlan, method: str, grid: dict[str, list[Any]],
     started = time.perf_counter()
     arrays, name = load_validation_arrays(preset.dataset, cache_dir, validation)
     data = to_bench_data(arrays, name, test_split="validation")
-    runner = BenchRunner(preset, data, ModelCache(cache_dir))
+    runner = BenchRunner(preset, data, ModelCache(cache_dir, plan.originals))
     trials = runner.run(plan.contenders, plan.scenarios, plan.seeds, show_progress)
     results = runner.results(trials, plan.scenarios, plan.seeds)
     results["tune"] = {**_tune_record(method, grid, validation, min_speedup),

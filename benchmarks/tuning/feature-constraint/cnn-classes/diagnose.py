@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -20,6 +21,9 @@ from worker.bench.data import load_bench_data
 from worker.bench.presets import default_cache_dir, get_suite
 from worker.bench.runner import BenchRunner, Setting, contender
 from worker.bench.scenarios import draw_forget_set, unlearning_data
+
+# The zoo's pinned original models, so a diagnosis sees the committed run's models.
+PINNED = Path(__file__).resolve().parents[3] / "zoo" / "originals"
 
 
 def rounded(entry: dict) -> dict:
@@ -32,7 +36,7 @@ def main(pair: str, seeds: str, scenario: str, method: str, params: str = "{}",
     preset = next(p for p in get_suite("zoo").pairs if p.name == pair)
     cache = default_cache_dir()
     data = load_bench_data(preset.dataset, cache, dict(preset.architecture_config))
-    runner = BenchRunner(preset, data, ModelCache(cache))
+    runner = BenchRunner(preset, data, ModelCache(cache, PINNED))
     torch.set_num_threads(preset.torch_threads or 1)
     entrant = contender(method, json.loads(params))
     for seed in (int(s) for s in seeds.split(",")):
