@@ -40,8 +40,11 @@ test: install  ## lint, then the whole suite (PostgreSQL/Redis tests skip if tho
 test-fast: install  ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
+# A preset with a committed set of original models (benchmarks/PRESET/originals) starts from it.
+ORIGINALS = $(wildcard benchmarks/$(PRESET)/originals)
+
 bench: install  ## e.g. make bench PRESET=cpu (results in bench-out/PRESET)
-	$(BIN)/lethe bench --preset $(PRESET) --out bench-out/$(PRESET)
+	$(BIN)/lethe bench --preset $(PRESET) --out bench-out/$(PRESET) $(if $(ORIGINALS),--originals $(ORIGINALS))
 
 estimate: install  ## without a GPU: e.g. make estimate PRESET=gpu-quick (an estimate, not a measurement)
 	$(BIN)/python -m worker.bench.estimate --preset $(PRESET) --time-data --out benchmarks/$(PRESET)/ESTIMATE.md
