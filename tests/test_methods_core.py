@@ -517,17 +517,30 @@ def test_deepclean_finetunes_only_reset_weights(digits, model):
     assert moved > 0
 
 
-def test_deepclean_resets_more_weights_while_scattered_samples_stay_known(digits, model):
-    task = make_task(model, digits, random_rows(digits))
-    outcome = run_method("deepclean", task)
+def test_deepclean_resets_more_weights_while_the_forget_set_stays_known(digits, model):
+    task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    # A reset of a few dozen weights leaves the class known: each further attempt starts from
+    # the base weights and resets twice the share (whole weights per tensor, so about twice).
+    outcome = run_method("deepclean", task, top_fraction=0.0002)
     fractions = [attempt["reset_fraction"] for attempt in outcome.metrics["attempt_history"]]
-    # Each further attempt starts from the base weights and resets twice the share.
-    assert all(math.isclose(b / a, 2, rel_tol=0.05) for a, b in itertools.pairwise(fractions))
+    assert len(fractions) >= 3
+    assert all(math.isclose(b / a, 2, rel_tol=0.15) for a, b in itertools.pairwise(fractions))
     kept = outcome.metrics["attempt_history"][outcome.metrics["kept_attempt"]]
     assert outcome.metrics["reset_fraction"] == kept["reset_fraction"]
     reset = sum(int(((p == 0) & (q != 0)).sum())
                 for p, q in zip(outcome.model.parameters(), model.parameters(), strict=True))
     assert reset <= outcome.metrics["weights_reset"]  # fine-tuning moved some off zero
+
+
+def test_deepclean_does_not_widen_a_reset_that_forgot_but_cost_utility(digits, model):
+    task = make_task(model, digits, random_rows(digits))
+    # A third of the weights reset, fine-tuned alone for one pass: the scattered samples are
+    # forgotten but retained accuracy is not back; a wider reset could only lose more of it.
+    outcome = run_method("deepclean", task, top_fraction=0.3, finetune_epochs=1,
+                         finetune_scope="reset")
+    after = outcome.metrics["after_finetune"]
+    assert measure(model, task).retain - after["retain"] > 2  # short of the utility budget
+    assert outcome.metrics["attempts"] == 1
 
 
 def test_deepclean_finetune_scope_all_trains_every_weight(digits, model):

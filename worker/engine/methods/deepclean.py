@@ -291,7 +291,10 @@ class DeepClean(UnlearningMethod):
             if best is not None and shortfall >= best[0]:
                 break  # a wider reset did no better: D_f is not held in a few weights
             best = (shortfall, attempt, weights.save())
-            if shortfall == 0 or params.finetune_epochs == 0:
+            # A wider reset only helps a forget set that is still known: one that misses on
+            # utility alone (or is over-forgotten) would lose more of what D_r needs.
+            if (shortfall == 0 or params.finetune_epochs == 0
+                    or not monitor.remembered(after_finetune)):
                 break
         _, kept, saved = best
         weights.load(saved)
