@@ -282,10 +282,9 @@ class DeepClean(UnlearningMethod):
             masks = select_weights(ratios, params, widening=attempt)
             reset_weights(model, masks)
             after_reset = monitor.score(model, 0)
-            tuned = finetune_masked(model, masks, task, params, generator, monitor,
-                                    progress_span(task.progress, 0.5 + attempt * span,
-                                                  0.5 + (attempt + 1) * span))
-            after_finetune = monitor.score(model, tuned.rounds)
+            tuned, after_finetune = finetune_masked(
+                model, masks, task, params, generator, monitor,
+                progress_span(task.progress, 0.5 + attempt * span, 0.5 + (attempt + 1) * span))
             attempts.append(_attempt_record(masks, after_reset, after_finetune, tuned))
             shortfall = _shortfall(monitor, after_finetune)
             if best is not None and shortfall >= best[0]:
@@ -367,35 +366,39 @@ def _attempt_record(masks: dict[str, torch.Tensor], after_reset: Score,
 
 def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], task: UnlearningTask,
                     params: Params, generator: torch.Generator, monitor: Monitor,
-                    progress: ProgressFn) -> Run:
+                    progress: ProgressFn) -> tuple[Run, Score]:
     """Fine-tuning after the reset, as ``finetune_scope`` says: the reset weights, then (for
     'reset-then-all', when those passes did not bring retained accuracy back within the
-    monitor's budget) every weight, each phase up to finetune_epochs passes."""
+    monitor's budget) every weight, each phase up to finetune_epochs passes. Returns the run
+    and the monitor's score of the model it leaves."""
     if params.finetune_epochs == 0 or not any(mask.any() for mask in masks.values()):
-        return Run("no-finetuning", params.finetune_lr)
+        return Run("no-finetuning", params.finetune_lr), monitor.score(model, 0)
     if params.finetune_scope == "all":
-        return _finetune(model, None, task, params, generator, monitor, progress)
+        run = _finetune(model, None, task, params, generator, monitor, progress)
+        return run, monitor.score(model, run.rounds)
     masked = _finetune(model, masks, task, params, generator, monitor,
                        progress_span(progress, 0.0, 0.5))
-    if params.finetune_scope == "reset" or not _needs_every_weight(monitor, model, masked):
+    score = monitor.score(model, masked.rounds)
+    if params.finetune_scope == "reset" or not _needs_every_weight(monitor, score, masked):
         progress(1.0)
-        return masked
+        return masked, score
     widened = _finetune(model, None, task, params, generator, monitor,
                         progress_span(progress, 0.5, 1.0))
-    return Run(f"{masked.stop_reason}; every weight: {widened.stop_reason}", widened.lr,
-               rounds=masked.rounds + widened.rounds, kept=masked.kept + widened.kept,
-               undone=masked.undone + widened.undone,
-               history=masked.history + [entry | {"scope": "all"} for entry in widened.history])
+    run = Run(f"{masked.stop_reason}; every weight: {widened.stop_reason}", widened.lr,
+              rounds=masked.rounds + widened.rounds, kept=masked.kept + widened.kept,
+              undone=masked.undone + widened.undone,
+              history=masked.history + [entry | {"scope": "all"} for entry in widened.history])
+    return run, monitor.score(model, run.rounds)
 
 
-def _needs_every_weight(monitor: Monitor, model: nn.Module, masked: Run) -> bool:
-    """Fine-tuning the reset weights left retained accuracy outside the budget with the forget
-    set forgotten. Not when the forget set is still known (a memorising model whose reset
-    missed it: training every weight on D_r would only cost the time of a retrain, and the
-    next, wider reset is the remedy) or was coming back."""
+def _needs_every_weight(monitor: Monitor, score: Score, masked: Run) -> bool:
+    """Fine-tuning the reset weights (``masked``, leaving the model at ``score``) left retained
+    accuracy outside the budget with the forget set forgotten. Not when the forget set is
+    still known (a memorising model whose reset missed it: training every weight on D_r would
+    only cost the time of a retrain, and the next, wider reset is the remedy) or was coming
+    back."""
     if masked.stop_reason.startswith("forget-set-returns"):
         return False
-    score = monitor.score(model, masked.rounds)
     return monitor.utility_drop(score) > monitor.budget / 2 and not monitor.remembered(score)
 
 
