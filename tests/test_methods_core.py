@@ -27,6 +27,7 @@ from torch import nn
 from worker.engine.architectures import Classifier
 from worker.engine.gate import GateThresholds, judge
 from worker.engine.methods import METHODS, JobCancelled
+from worker.engine.methods._common import outputs
 from worker.engine.methods._monitor import (
     GATE,
     Monitor,
@@ -36,6 +37,9 @@ from worker.engine.methods._monitor import (
     gate_window,
     repair,
     retrained_forget_level,
+    rows_a_retrained_model_misses,
+    runner_up_labels,
+    true_class_margin,
 )
 from worker.engine.methods.deepclean import fisher_diagonal, fisher_ratio
 from worker.engine.methods.feature_constraint import Params as FCParams
@@ -208,6 +212,43 @@ def test_retrained_forget_level_follows_difficulty_and_learning_curve():
     # Without a retain accuracy (an old cache) the difficulty term drops out.
     assert retrained_forget_level(**{**level, "retain_acc": None}, exponent=0,
                                   difficulty_weight=1) == 70.0
+
+
+def test_rows_a_retrained_model_misses_are_the_least_confidently_fitted():
+    # Ten rows of class 0; row i is fitted with a margin falling as i grows.
+    y = torch.zeros(10, dtype=torch.int64)
+    logits = torch.zeros(10, 3)
+    logits[:, 0] = torch.arange(10, 0, -1, dtype=torch.float32)
+    logits[:, 1] = -5.0
+    logits[:, 2] = torch.linspace(-1, -0.1, 10)  # class 2 the runner-up
+    assert torch.equal(true_class_margin(logits, y), logits[:, 0] - logits[:, 2])
+    assert torch.equal(runner_up_labels(logits, y), torch.full((10,), 2))
+    # A retrained model is expected to get 70% right: the 30% least fitted are missed; 10
+    # points of slack take one more row from each end of the kept share.
+    assert rows_a_retrained_model_misses(logits, y, 70.0, 0.0).tolist() == [7, 8, 9]
+    assert rows_a_retrained_model_misses(logits, y, 70.0, 10.0).tolist() == [6, 7, 8, 9]
+    assert len(rows_a_retrained_model_misses(logits, y, 100.0, 0.0)) == 0
+
+
+def test_feature_constraint_trains_the_missed_rows_towards_their_runner_up(digits, model):
+    task = make_task(model, digits, random_rows(digits))
+    run = _FeatureConstraintRun(task, FCParams())
+    run.monitor.begin(run.model)
+    run._focus(run.monitor.level)
+    data = task.data
+    x_forget, y_forget = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
+    logits = outputs(model, x_forget, CPU)
+    missed = rows_a_retrained_model_misses(logits, y_forget, run.monitor.level,
+                                           FCParams().focus_slack)
+    x, labels = run.forget_rows
+    assert run.focused and 0 < len(x) < len(x_forget)
+    assert torch.equal(x, x_forget[missed])
+    assert torch.equal(labels, runner_up_labels(logits, y_forget)[missed])
+    assert not torch.equal(labels, y_forget[missed])
+    assert run_method("feature-constraint", task).metrics["focused_rows"] == len(x)
+    # The paper's forget task: every D_f row.
+    paper = run_method("feature-constraint", task, focus_missed_rows=False)
+    assert paper.metrics["focused_rows"] is None
 
 
 def test_random_forgetting_bisects_the_last_epoch_onto_the_level(digits, model):

@@ -7,6 +7,9 @@ acceptance gate makes of the result. See README.md here for why and what it foun
     python benchmarks/tuning/memorising/explore.py synthetic-mlp 0,1,2 neighbours \
         '{"space": "features"}'
     python benchmarks/tuning/memorising/explore.py cifar10-resnet18 0 agreement
+    python benchmarks/tuning/memorising/explore.py synthetic-mlp 0,1,2 margin-auc
+    python benchmarks/tuning/memorising/explore.py synthetic-mlp 0,1,2 margin \
+        '{"flip": "runner-up", "retain_ratio": 1}'
 
 Both phases use the core methods' own loops (worker/engine/methods/_monitor.py): ``descend``
 towards the random-forgetting level, each round undone if it costs more than the gate's utility
@@ -21,6 +24,11 @@ many fresh D_r rows under their labels:
 - ``reference``: D_f under the soft predictions of a model trained afresh (the pair's recipe)
   on a random ``reference_share`` of D_r: a target from a model that never saw D_f, at the
   price of a partial retrain (a ceiling on what a target can do, not a method);
+- ``margin``: D_f under its own labels, except the rows a retrained model is expected to miss
+  (the lowest true-class margins under the original, all but the random-forgetting level's
+  share): a random wrong label there (``"flip": "relabel"``) or the original's runner-up class
+  (``"flip": "runner-up"``). ``margin-auc`` measures how well that margin ranks the rows a
+  model retrained without D_f gets right (it trains that model);
 - ``scrub``: SCRUB's two steps (Kurmanji et al., 2023) as one round: an epoch that maximises
   the KL divergence from the original (frozen) to the model on D_f, then one that minimises
   KL plus cross-entropy on the fresh D_r rows (temperature 4).
@@ -32,10 +40,12 @@ import copy
 import json
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 from worker.bench.cache import ModelCache
 from worker.bench.data import load_bench_data
@@ -45,17 +55,34 @@ from worker.bench.scenarios import draw_forget_set, unlearning_data
 from worker.engine.architectures import classification_head
 from worker.engine.gate import Gate
 from worker.engine.gate_thresholds import GateThresholds
+from worker.engine.methods import METHODS
+from worker.engine.methods._base import UnlearningTask
 from worker.engine.methods._baseline_utils import random_wrong_labels
-from worker.engine.methods._common import evaluating, freeze_norm_statistics, random_rows
-from worker.engine.methods._monitor import Monitor, Weights, descend, relative_lr, repair
+from worker.engine.methods._common import (
+    evaluating,
+    freeze_norm_statistics,
+    outputs,
+    random_rows,
+)
+from worker.engine.methods._monitor import (
+    Monitor,
+    Weights,
+    descend,
+    relative_lr,
+    repair,
+    rows_a_retrained_model_misses,
+    true_class_margin,
+)
 from worker.engine.training import iterate_batches, seeded_generator, train
+
+ORIGINALS = Path(__file__).resolve().parents[2] / "zoo" / "originals"
 
 
 def setup(pair_name: str, seed: int):
     preset = next(p for p in get_suite("zoo").pairs if p.name == pair_name)
     cache = default_cache_dir()
     data = load_bench_data(preset.dataset, cache, dict(preset.architecture_config))
-    runner = BenchRunner(preset, data, ModelCache(cache))
+    runner = BenchRunner(preset, data, ModelCache(cache, ORIGINALS))
     torch.set_num_threads(preset.torch_threads or 1)
     original = runner.original(seed)
     forget = draw_forget_set("random-10", data, seed)
@@ -90,6 +117,23 @@ def neighbour_targets(model, data, device, k: int = 10, space: str = "features")
     return counts / counts.sum(1, keepdim=True)
 
 
+def margin_targets(model, data, device, level: float, flip: str,
+                   generator: torch.Generator) -> torch.Tensor:
+    """D_f's own labels, except on the rows a retrained model is expected to miss (the lowest
+    true-class margins under the base model, all but the random-forgetting level's share):
+    there a random wrong label (``relabel``) or the base model's runner-up class."""
+    x_forget, y_forget = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
+    logits = outputs(model, x_forget, device)
+    missed = rows_a_retrained_model_misses(logits, y_forget, level, 0.0)
+    labels = y_forget.clone()
+    if flip == "relabel":
+        labels[missed] = random_wrong_labels(y_forget[missed], data.num_classes, generator)
+    else:
+        runner_up = logits.scatter(1, y_forget[:, None], float("-inf")).argmax(1)
+        labels[missed] = runner_up[missed]
+    return F.one_hot(labels, data.num_classes).float()
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * logits.log_softmax(1)).sum(1).mean()
 
@@ -105,7 +149,7 @@ def distill_kl(teacher_logits: torch.Tensor, logits: torch.Tensor,
 def forget_phase(model, data, device, seed: int, target: str, *, share: float = 0.02,
                  retain_ratio: float = 1.0, k: int = 10, space: str = "features",
                  max_rounds: int = 30, repair_rounds: int = 8, batch_size: int = 64,
-                 reference: torch.nn.Module | None = None):
+                 reference: torch.nn.Module | None = None, flip: str = "relabel"):
     generator = seeded_generator(seed)
     monitor = Monitor(SimpleNamespace(data=data, device=device), samples=500,
                       generator=generator, read_retain=True)
@@ -116,6 +160,9 @@ def forget_phase(model, data, device, seed: int, target: str, *, share: float = 
     if reference is not None:
         with torch.no_grad(), evaluating(reference):
             fixed = reference(x_forget.to(device)).softmax(1).cpu()
+
+    if target == "margin":
+        fixed = margin_targets(model, data, device, monitor.level, flip, generator)
 
     def forget_targets() -> torch.Tensor:
         if fixed is not None:
@@ -192,6 +239,20 @@ def forget_phase(model, data, device, seed: int, target: str, *, share: float = 
     return forgetting, repaired
 
 
+def margin_auc(runner, original, data, seed: int) -> str:
+    """How well the original's true-class margin on each D_f row ranks the rows a model
+    retrained without D_f (the pair's recipe, this seed) gets right: a ROC AUC."""
+    retrained = METHODS.get("retrain")()
+    task = UnlearningTask(model=copy.deepcopy(original), build_fresh=runner.build_fresh,
+                          data=data, recipe=runner.recipe(seed), device=runner.device)
+    model = retrained.run(task, retrained.Params(seed=seed)).model
+    x_forget, y_forget = data.x_train[data.forget_idx], data.y_train[data.forget_idx]
+    right = (outputs(model, x_forget, runner.device).argmax(1) == y_forget).numpy()
+    margin = true_class_margin(outputs(original, x_forget, runner.device), y_forget).numpy()
+    return (f"retrained model right on {100 * right.mean():.1f}% of D_f; AUC of the original's "
+            f"margin {roc_auc_score(right, margin):.3f}")
+
+
 def verdict_line(gate, model) -> str:
     verdict = gate.judge(model).as_dict()
     f = verdict["figures"]
@@ -205,6 +266,10 @@ def verdict_line(gate, model) -> str:
 def main(pair_name: str, seeds: str, what: str, options: dict) -> None:
     for seed in map(int, seeds.split(",")):
         runner, original, data, gate = setup(pair_name, seed)
+        if what == "margin-auc":
+            print(f"{pair_name} seed {seed}: {margin_auc(runner, original, data, seed)}",
+                  flush=True)
+            continue
         if what == "agreement":
             y_forget = data.y_train[data.forget_idx]
             for k in (10, 50, 200):
