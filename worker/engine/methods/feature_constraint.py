@@ -23,7 +23,7 @@ Lethe's additions (the monitor and its loops are shared, in ``_monitor.py``):
   them is expected to get wrong, and adds cross-entropy towards the base model's runner-up
   class on them (``focus_missed_rows``). A model that memorised D_f fits every row, and the
   teacher's features alone moved them without changing their class (on the zoo's synthetic
-  table 93-95% of D_f stayed known, every seed failing the gate); but it fits the rows only
+  table 93-97% of D_f stayed known, every seed failing the gate); but it fits the rows only
   memorising explains with the least margin, so those are the ones to move, and the rest
   stays where a retrained model would mostly leave it;
 - a repair phase (cross-entropy on fresh recover subsets) then wins back retained accuracy
