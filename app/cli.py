@@ -425,7 +425,7 @@ def bench(
         common = {"scenarios": parse_csv(scenarios), "seeds": parse_csv(seeds, int),
                   "dataset": dataset, "cache_dir": cache, "originals": originals}
         output = (run_tune(preset, tune, json.loads(grid), out, validation=validation,
-                           **common) if tune else
+                           workers=workers, **common) if tune else
                   run_bench(preset, out, methods=parse_csv(methods), workers=workers,
                             architecture=architecture, architecture_config=given,
                             columns=None if columns == TableColumns() else columns,

@@ -315,6 +315,13 @@ def test_tuning_a_suite_reports_leave_one_pair_out(tmp_path, monkeypatch):
     monkeypatch.setitem(presets_module.SUITES, "duo", PresetSuite("duo", "two MLPs", pairs))
     output = run_tune("duo", "finetune", {"epochs": [1, 3]}, tmp_path, scenarios=["class"],
                       cache_dir=tmp_path / "cache", min_speedup=1.0, show_progress=False)
+    # Two pairs at once, each swept in its own process: the same sweep, in the same order.
+    parallel = run_tune("duo", "finetune", {"epochs": [1, 3]}, tmp_path / "parallel",
+                        scenarios=["class"], cache_dir=tmp_path / "cache", min_speedup=1.0,
+                        show_progress=False, workers=2)
+    assert [pair["pair"] for pair in parallel.results["pairs"]] == ["narrow", "wide"]
+    assert ({row["label"]: row["avg_gap"] for row in parallel.results["rows"]}
+            == {row["label"]: row["avg_gap"] for row in output.results["rows"]})
     held_out = output.results["tune"]["leave_one_pair_out"]
     assert set(held_out["pairs"]) == {"narrow", "wide"}
     assert held_out["defaults"] == "epochs=3"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -141,14 +141,19 @@ def run_pair(plan: PairPlan, cache_dir: Path, show_progress: bool) -> dict[str, 
     return results
 
 
+PairJob = Callable[[PairPlan, Path, bool], dict[str, Any]]
+
+
 def run_pairs(plans: list[PairPlan], cache_dir: Path, show_progress: bool,
-              workers: int) -> list[dict[str, Any]]:
+              workers: int, job: PairJob = run_pair) -> list[dict[str, Any]]:
+    """``job`` (run_pair, or a picklable one of the same signature) on every plan, up to
+    ``workers`` pairs at once, each in its own process; the results in the plans' order."""
     if workers <= 1 or len(plans) == 1:
-        return [run_pair(plan, cache_dir, show_progress) for plan in plans]
+        return [job(plan, cache_dir, show_progress) for plan in plans]
     # Spawned, not forked: a forked child inherits torch's thread pools mid-state.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(run_pair, plans, [cache_dir] * len(plans),
+        return list(pool.map(job, plans, [cache_dir] * len(plans),
                              [False] * len(plans)))  # bars from several processes interleave
 
 

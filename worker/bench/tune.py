@@ -5,6 +5,7 @@ is also judged by the setting the other pairs alone would have chosen."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import statistics
 import time
@@ -26,6 +27,7 @@ from worker.bench.runner import (
     plan_scenarios,
     plan_seeds,
     resolve_suite,
+    run_pairs,
     suite_results,
 )
 from worker.engine.methods import METHODS
@@ -35,12 +37,14 @@ def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
              scenarios: list[str] | None = None, seeds: list[int] | None = None,
              dataset: Path | None = None, cache_dir: Path | None = None,
              validation: str = "carve", min_speedup: float = GOAL_SPEEDUP,
-             show_progress: bool = True, originals: Path | None = None) -> BenchOutput:
+             show_progress: bool = True, originals: Path | None = None,
+             workers: int = 1) -> BenchOutput:
     """Run every grid point of ``method`` against retraining and write tune.json/.md/.png.
     ``validation`` says where the validation split comes from (see load_validation_arrays).
     On a suite of several pairs, each pair is swept, and each setting is also judged on every
-    pair by the choice made on the other pairs alone (leave one pair out). ``originals``: a
-    pinned set of original models, as for run_bench."""
+    pair by the choice made on the other pairs alone (leave one pair out). ``originals`` (a
+    pinned set of original models) and ``workers`` (pairs swept at once, each in its own
+    process) as for run_bench."""
     suite = resolve_suite(preset, dataset)
     if method == REFERENCE:
         raise BenchConfigError("retrain is the reference every setting is measured against; "
@@ -53,8 +57,9 @@ def run_tune(preset: str, method: str, grid: dict[str, list[Any]], out: Path, *,
              for pair in suite.pairs]
     cache_dir = Path(cache_dir or default_cache_dir())
     started = time.perf_counter()
-    pair_results = [tune_pair(plan, method, grid, labelled, cache_dir, validation,
-                              min_speedup, show_progress) for plan in plans]
+    job = functools.partial(tune_pair, method=method, grid=grid, labelled=labelled,
+                            validation=validation, min_speedup=min_speedup)
+    pair_results = run_pairs(plans, cache_dir, show_progress, workers, job)
     if len(pair_results) == 1:
         results = pair_results[0]
     else:
@@ -76,9 +81,9 @@ def sweep_contenders(preset: Preset, method: str,
               for label, point in labelled.items())]
 
 
-def tune_pair(plan: PairPlan, method: str, grid: dict[str, list[Any]],
-              labelled: dict[str, dict[str, Any]], cache_dir: Path, validation: str,
-              min_speedup: float, show_progress: bool) -> dict[str, Any]:
+def tune_pair(plan: PairPlan, cache_dir: Path, show_progress: bool, *, method: str,
+              grid: dict[str, list[Any]], labelled: dict[str, dict[str, Any]], validation: str,
+              min_speedup: float) -> dict[str, Any]:
     """One pair's sweep on its validation split, with the setting its own rows choose."""
     preset = plan.preset
     started = time.perf_counter()
