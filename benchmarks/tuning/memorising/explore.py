@@ -71,6 +71,7 @@ from worker.engine.methods._monitor import (
     relative_lr,
     repair,
     rows_a_retrained_model_misses,
+    runner_up_labels,
     true_class_margin,
 )
 from worker.engine.training import iterate_batches, seeded_generator, train
@@ -129,8 +130,7 @@ def margin_targets(model, data, device, level: float, flip: str,
     if flip == "relabel":
         labels[missed] = random_wrong_labels(y_forget[missed], data.num_classes, generator)
     else:
-        runner_up = logits.scatter(1, y_forget[:, None], float("-inf")).argmax(1)
-        labels[missed] = runner_up[missed]
+        labels[missed] = runner_up_labels(logits, y_forget)[missed]
     return F.one_hot(labels, data.num_classes).float()
 
 
