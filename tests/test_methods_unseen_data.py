@@ -10,6 +10,7 @@ import torch
 from sklearn.datasets import make_classification
 
 from tests.methods_fixtures import CPU
+from worker.bench.runner import threads
 from worker.engine.architectures import build_model
 from worker.engine.gate import GateThresholds, judge
 from worker.engine.methods import METHODS, UnlearningData, UnlearningTask
@@ -31,11 +32,9 @@ def table():
 
 @pytest.fixture(scope="module")
 def model(table):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield train(build_model("mlp", CONFIG), table[0], table[1], RECIPE, CPU)
-    torch.set_num_threads(threads)
+    with threads(1):
+        torch.manual_seed(0)
+        return train(build_model("mlp", CONFIG), table[0], table[1], RECIPE, CPU)
 
 
 def request(table, scenario: str) -> UnlearningData:
@@ -83,12 +82,10 @@ def memorised():
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     test, trained = order[:400], order[400:]
     config = {"num_classes": 3, "input_shape": (16,), "hidden": [128, 128]}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
     recipe = TrainingRecipe(epochs=60, batch_size=32, lr=0.05)
-    model = train(build_model("mlp", config), x[trained], y[trained], recipe, CPU)
-    torch.set_num_threads(threads)
+    with threads(1):
+        torch.manual_seed(0)
+        model = train(build_model("mlp", config), x[trained], y[trained], recipe, CPU)
     return x[trained], y[trained], x[test], y[test], model, config, recipe
 
 

@@ -242,12 +242,10 @@ def test_erasure_zeroes_rows_a_block_at_a_time_to_the_same_file(tmp_path, monkey
 
 @pytest.fixture
 def one_thread():
-    import torch
+    from worker.bench.runner import threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is faster on shared cores
-    yield
-    torch.set_num_threads(before)
+    with threads(1):  # tiny models: one thread is faster on shared cores
+        yield
 
 
 @pytest.mark.slow
