@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import types
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from methods_fixtures import (
 )
 from torch import nn
 
+from worker.bench.runner import threads
 from worker.engine.architectures import Classifier
 from worker.engine.gate import GateThresholds, judge
 from worker.engine.methods import METHODS, JobCancelled
@@ -31,9 +33,11 @@ from worker.engine.methods._common import outputs
 from worker.engine.methods._monitor import (
     GATE,
     Monitor,
+    Run,
     Weights,
     class_target,
     descend,
+    gate_prediction_error,
     gate_window,
     repair,
     retrained_forget_level,
@@ -71,10 +75,8 @@ QUICK_PARAMS = {
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
     # These models are tiny: one thread beats two contending ones on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +373,69 @@ def test_targets_come_from_the_gate():
     width = GATE.forget_margin_below + GATE.forget_margin_above
     assert math.isclose(high - low, width / 2)  # the middle half of the gate's window
     assert 90.0 - GATE.forget_margin_below < low < high < 90.0 + GATE.forget_margin_above
+
+
+def test_the_gates_reading_differs_from_the_monitors_by_the_rows_it_has_not_seen():
+    assert gate_prediction_error(360, 360) == 0.0  # both read every row
+    assert math.isclose(gate_prediction_error(500, 1000), math.sqrt(0.5))  # gate reads all
+    assert gate_prediction_error(500, 10**6) > 1.0  # two small samples of a large set
+    assert gate_prediction_error(0, 1000) == 0.0
+
+
+def test_monitor_reading_every_test_row_judges_the_drop_as_the_gate_does(digits, model):
+    """Where the monitor's held-out rows are the gate's test rows (every test row), its
+    verdict on the held-out drop is the gate's, noise allowance included, for small and large
+    damage alike."""
+    task = make_task(model, digits, random_rows(digits))
+    monitor = Monitor(task, samples=len(digits.y_test), generator=seeded_generator(0),
+                      read_retain=True)
+    monitor.begin(model)
+    noise = [torch.randn(p.shape, generator=seeded_generator(3)) for p in model.parameters()]
+    verdicts = []
+    for scale in (0.02, 0.1, 0.2, 0.3, 0.5):
+        net = copy.deepcopy(model)
+        with torch.no_grad():
+            for weight, delta in zip(net.parameters(), noise, strict=True):
+                weight.add_(delta * scale * weight.abs().mean())
+        score = monitor.score(net, 1)
+        ours = monitor.gated_drop("held_out", monitor.start.held_out - score.held_out,
+                                  score.held_out_noise) <= monitor.budget
+        gate = judge(model, net, task.data, GateThresholds(), CPU)
+        test_criterion = next(c for c in gate.criteria if c.name == "test_accuracy")
+        assert ours == test_criterion.passed, (scale, score, test_criterion)
+        # Confirmation reads every test and D_r row, as the gate does on sets this small.
+        utility = [c.passed for c in gate.criteria if c.name.endswith("_accuracy")]
+        assert monitor.confirmed(net) == all(utility)
+        verdicts.append(ours)
+    assert True in verdicts and False in verdicts  # both sides of the budget were seen
+
+
+class RefusingOnce(Monitor):
+    """A monitor whose first confirmation fails: the whole rows disagree with the samples."""
+
+    confirmations = 0
+
+    def confirmed(self, model: nn.Module, scale: float = 1.0) -> bool:
+        self.confirmations += 1
+        return self.confirmations > 1 and super().confirmed(model, scale)
+
+
+def test_descend_undoes_a_target_the_gates_rows_refuse(digits, model):
+    net = copy.deepcopy(model)
+    task = make_task(net, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    monitor = RefusingOnce(task, samples=500, generator=seeded_generator(0), read_retain=True)
+    monitor.begin(net)
+    classifier = net.classifier.bias
+
+    def step(_number: int, lr: float) -> None:  # lowers the forgotten class's logit
+        with torch.no_grad():
+            classifier[FORGOTTEN_CLASS] -= 40 * lr
+
+    run = descend(monitor, net, Weights(net.parameters()), step, lr=1.0, max_rounds=10)
+    refused = [entry for entry in run.history if entry.get("unconfirmed")]
+    assert len(refused) == 1 and refused[0]["lr"] == 1.0
+    assert run.stop_reason == "forgotten" and run.undone == 1 and run.lr == 0.5
+    assert monitor.confirmations == 2 and monitor.confirmed(net)
 
 
 def counting_step(model: nn.Module, deltas: list[float]):
@@ -673,6 +738,13 @@ def test_feature_constraint_repairs_what_the_forget_task_cost(digits, model):
     assert drop <= GATE.max_utility_drop / 2 or repaired
     after = measure(outcome.model, task)
     assert after.forget <= metrics["class_target"]
+
+
+@pytest.mark.parametrize(("choice", "expected"), [("last", 1.25e-4), ("first", 1e-3)])
+def test_feature_constraint_repair_starts_where_repair_lr_says(choice, expected):
+    run = types.SimpleNamespace(params=FCParams(lr=1e-3, repair_lr=choice))
+    halved_three_times = Run("utility-limit", 1.25e-4)
+    assert _FeatureConstraintRun._repair_lr(run, halved_three_times) == expected
 
 
 def with_class_bias(model: nn.Module, label: int, bias: float) -> nn.Module:

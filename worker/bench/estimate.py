@@ -304,15 +304,14 @@ def _rounds(method: str, scenario: str, params: Any, bound: bool) -> dict[str, i
     return {k: min(v, cap[k]) for k, v in TYPICAL_ROUNDS[(method, scenario)].items()}
 
 
-def _monitor_rows(sizes: Sizes, samples: int, read_retain: bool, scenario: str) -> float:
-    """Rows the monitor's begin() predicts: base predictions and a first score, and for
-    random forgetting the level's test (and retain) accuracy."""
+def _monitor_rows(sizes: Sizes, samples: int, read_retain: bool) -> float:
+    """Rows the monitor predicts besides its rounds: base predictions and a first score, and
+    every test (and retain) row up to LEVEL_ROWS twice: the base model's (they place a
+    random-forgetting level) and one confirmation of the stopping point."""
     per_score = samples * (3 if read_retain else 2)
     rows = samples * (2 if read_retain else 1) + per_score
-    if scenario != "class":
-        rows += min(sizes.test, LEVEL_ROWS) + (min(sizes.retain, LEVEL_ROWS) if read_retain
-                                               else 0)
-    return rows
+    whole = min(sizes.test, LEVEL_ROWS) + (min(sizes.retain, LEVEL_ROWS) if read_retain else 0)
+    return rows + 2 * whole
 
 
 def method_phases(label: str, method: str, params: Any, scenario: str, sizes: Sizes,
@@ -378,7 +377,7 @@ def method_phases(label: str, method: str, params: Any, scenario: str, sizes: Si
         ph.append(_train(label, s, f"{n['attempts']} × {n['passes']} fine-tuning passes",
                          n["attempts"] * n["passes"] * steps(take, params.batch_size),
                          params.batch_size))
-        checks = _monitor_rows(sizes, params.eval_samples, True, s) + 3 * params.eval_samples * (
+        checks = _monitor_rows(sizes, params.eval_samples, True) + 3 * params.eval_samples * (
             n["attempts"] * (n["passes"] + 2))
         ph.append(_forward(label, s, "monitor checks", checks, eval_rows(preset)))
     elif method == "feature-constraint":
@@ -390,7 +389,7 @@ def method_phases(label: str, method: str, params: Any, scenario: str, sizes: Si
                          2 * b, train_calls=2, forward_rows=b, forward_calls=1))
         ph.append(_train(label, s, f"{n['repair']} repair epochs",
                          n["repair"] * steps(recover, b), b))
-        checks = _monitor_rows(sizes, params.eval_samples, True, s) + 3 * params.eval_samples * (
+        checks = _monitor_rows(sizes, params.eval_samples, True) + 3 * params.eval_samples * (
             n["epochs"] + n["repair"] + (BISECT_SCORES if s != "class" else 0))
         ph.append(_forward(label, s, "monitor checks", checks, eval_rows(preset)))
     elif method == "projected-gradient":
@@ -406,7 +405,7 @@ def method_phases(label: str, method: str, params: Any, scenario: str, sizes: Si
                          "fp32", matmul_flops=projection))
         ph.append(_train(label, s, "step sizing", n["attempts"], params.eval_samples, "fp32"))
         bisect = params.bisect_steps if s != "class" else 0
-        checks = (_monitor_rows(sizes, params.eval_samples, True, s) + min(sizes.retain, LEVEL_ROWS)
+        checks = (_monitor_rows(sizes, params.eval_samples, True) + min(sizes.retain, LEVEL_ROWS)
                   + 3 * params.eval_samples * (n["epochs"] + n["attempts"] * (bisect + 1)))
         ph.append(_forward(label, s, "monitor checks", checks, eval_rows(preset)))
     else:  # a plugin method: as a fine-tune of three epochs on D_r

@@ -20,10 +20,13 @@ defaults) instead of running a fixed schedule tuned on one model:
 
 Targets: a class is driven to four fifths of ``class_forget_max`` (less when the monitor's
 sample is small); scattered samples to where a retrained model is expected to score on them,
-kept within the middle half of the gate's window; utility may drop ``max_utility_drop``
-points, one standard error of the drop on the monitor's rows included (the gate measures on
-more rows). Methods that may not read D_r (projected-gradient on a chained request) stand in
-half the share of held-out rows they lose for the retain accuracy they cannot see.
+kept within the middle half of the gate's window; utility may drop what the gate allows
+(``max_utility_drop`` points, or z standard errors of its reading when more), less the error of
+the gate's reading given the monitor's (one standard error of the drop, finite-population
+corrected: the gate reads up to ``sample_rows`` rows, which on a small test split are the
+monitor's rows and a few more). Methods that may not read D_r (projected-gradient on a
+chained request) stand in half the share of held-out rows they lose for the retain accuracy
+they cannot see.
 
 Each method keeps its own steps and losses in its own file; this module only decides how far
 to go, and takes back what went too far.
@@ -129,6 +132,18 @@ def class_target(forget_rows: int, population: int) -> float:
     return max(0.0, min(0.8 * limit, limit - noise))
 
 
+def gate_prediction_error(rows: int, population: int) -> float:
+    """Standard errors (of a change measured on ``rows`` random rows of ``population``) by
+    which the gate's own measurement, on up to GATE.sample_rows of the population, may still
+    differ from ours: none when both read every row, the finite-population factor
+    sqrt(1 - rows/population) when the gate reads every row, and slightly over one standard
+    error when each reads a small sample of a large set."""
+    if rows == 0 or population == 0:
+        return 0.0
+    gate_rows = min(GATE.sample_rows, population)
+    return math.sqrt(max(0.0, 1.0 + rows / gate_rows - 2.0 * rows / population))
+
+
 def runner_up_labels(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per row, the most likely class other than ``y``."""
     return logits.scatter(1, y[:, None], float("-inf")).argmax(1)
@@ -177,9 +192,15 @@ class Monitor:
         self.base_retain_correct: torch.Tensor | None = None
         self.class_forgetting = bool(data.forget_classes)
         self.forget_rows, self.test_rows = len(data.forget_idx), len(test_x)
+        # (monitor's rows, population) of each utility figure: what the gate's differs by.
+        self.utility_rows = {"held_out": (len(self.held_out_y), self.test_rows),
+                             "retain": (min(samples, len(data.retain_idx)),
+                                        len(data.retain_idx))}
         self.class_target = (class_target(len(forget), len(data.forget_idx))
                              if class_target_acc is None else class_target_acc)
         self.budget = GATE.max_utility_drop
+        self._whole_rows()
+        self.whole_base: list[torch.Tensor] | None = None  # the base model's, by begin()
         self.start: Score | None = None
         self.level: float | None = None  # random forgetting's stopping level
         self.estimate: float | None = None  # the retrained model's expected level, unclamped
@@ -220,14 +241,13 @@ class Monitor:
             self.base_retain_correct = (predictions(model, self.retain_x, self.device)
                                         == self.retain_y)
         self.start = self.score(model, 0)
+        self.whole_base = self._whole_correct(model)
         if self.class_forgetting:
             return self.start
         data = self.data
-        test_x, test_y = retained_class_test_rows(data)
-        rows = level_rows(len(test_x), self.generator)
-        test_acc = accuracy(model, test_x[rows], test_y[rows], self.device)
+        test_acc = percent(self.whole_base[0])
         if retain_accuracy is None and self.read_retain:
-            retain_accuracy = self.full_retain_accuracy(model)
+            retain_accuracy = percent(self.whole_base[1])
         self.estimate = retrained_forget_level(
             test_acc=test_acc, forget_acc=self.start.forget, retain_acc=retain_accuracy,
             retained=len(data.retain_idx), forgotten=len(data.forget_idx),
@@ -236,12 +256,42 @@ class Monitor:
         self.level = min(max(self.estimate, low), high)
         return self.start
 
-    def full_retain_accuracy(self, model: nn.Module) -> float:
-        """Accuracy on every retained row up to LEVEL_ROWS (a 500-row sample's ±2 points of
-        noise would go straight into the level)."""
-        rows = self.data.retain_idx
-        rows = rows[level_rows(len(rows), self.generator)]
-        return accuracy(model, self.data.x_train[rows], self.data.y_train[rows], self.device)
+    def _whole_rows(self) -> None:
+        """Every test row of the retained classes and (when read) every D_r row, up to
+        LEVEL_ROWS each, drawn with a generator of their own (the method's draws stay as they
+        were): where the level is placed and a stopping point confirmed (a 500-row sample's
+        ±2 points of noise would go straight into either)."""
+        generator = torch.Generator().manual_seed(0)
+        test_x, test_y = retained_class_test_rows(self.data)
+        rows = level_rows(len(test_x), generator)
+        self.whole_x, self.whole_y = [test_x[rows]], [test_y[rows]]
+        if self.read_retain:
+            retain = self.data.retain_idx
+            retain = retain[level_rows(len(retain), generator)]
+            self.whole_x.append(self.data.x_train[retain])
+            self.whole_y.append(self.data.y_train[retain])
+
+    def _whole_correct(self, model: nn.Module) -> list[torch.Tensor]:
+        return [_correct(outputs(model, x, self.device), y)
+                for x, y in zip(self.whole_x, self.whole_y, strict=True)]
+
+    def confirmed(self, model: nn.Module, scale: float = 1.0) -> bool:
+        """Whether utility holds on every row (up to LEVEL_ROWS) of the sets the gate samples,
+        by the gate's own rule, ``scale`` times: a drop of at most the budget, or z standard
+        errors of it when more (without D_r, half the held-out share lost stands in for its
+        drop). The monitor's small samples chose this point among many candidates, so their
+        reading of it is optimistic; read on the gate's rows (all of them on a split of up to
+        GATE.sample_rows), it is the gate's."""
+        base = self.whole_base
+        assert base is not None, "begin() first"
+        now = self._whole_correct(model)
+        for before, after in zip(base, now, strict=True):
+            allowed = scale * max(self.budget, GATE.z * paired_se(before, after))
+            if percent(before) - percent(after) > allowed:
+                return False
+        if not self.read_retain and len(base[0]):
+            return percent(base[0] & ~now[0]) / 2 <= scale * self.budget
+        return True
 
     # --- judging -------------------------------------------------------------------------
 
@@ -282,10 +332,13 @@ class Monitor:
         return (self.utility_kept(score) and not self.remembered(score)
                 and not self.overforgotten(score))
 
-    def utility_drop(self, score: Score) -> float:
-        """Points the worse of held-out and retain accuracy lies below its starting value,
-        plus one standard error of that drop on the monitor's rows (the gate measures on more
-        rows, and a drop its sample only guesses at may be larger there).
+    def utility_drop(self, score: Score, scale: float = 1.0) -> float:
+        """Points the worse of held-out and retain accuracy lies below its starting value, as
+        the gate will judge it, against ``scale`` times its allowance: plus the error of the
+        gate's reading given ours (a drop our sample only guesses at may be larger on the
+        gate's rows: one standard error of it, finite-population corrected, see
+        :func:`gate_prediction_error`), less what the gate allows beyond ``budget`` for its own
+        noise (z standard errors of its reading, when more), ``scale`` times.
 
         Without D_r, half the share of held-out rows lost (right before, wrong now) stands in
         for the retain accuracy's drop. The net held-out figure alone lets rows a step gains
@@ -295,15 +348,26 @@ class Monitor:
         self-calibration/) half the lost share bounded the retain drop near the budget on
         MLPs and CNNs alike, where the whole share overstated it two- to threefold."""
         assert self.start is not None, "begin() first"
-        drops = [self.start.held_out - score.held_out + score.held_out_noise]
+        drops = [self.gated_drop("held_out", self.start.held_out - score.held_out,
+                                 score.held_out_noise, scale)]
         if score.retain is not None and self.start.retain is not None:
-            drops.append(self.start.retain - score.retain + score.retain_noise)
+            drops.append(self.gated_drop("retain", self.start.retain - score.retain,
+                                         score.retain_noise, scale))
         elif not self.read_retain and score.lost is not None:
             drops.append(score.lost / 2)
         return max(drops)
 
+    def gated_drop(self, figure: str, drop: float, noise: float, scale: float = 1.0) -> float:
+        """A drop of ``figure`` ("held_out" or "retain") our rows measured with standard error
+        ``noise``, as the gate will judge it against ``scale`` budgets (see
+        :meth:`utility_drop`)."""
+        rows, population = self.utility_rows[figure]
+        gate_noise = noise * math.sqrt(rows / min(GATE.sample_rows, population))
+        allowed_beyond = scale * max(0.0, GATE.z * gate_noise - self.budget)
+        return drop + noise * gate_prediction_error(rows, population) - allowed_beyond
+
     def utility_kept(self, score: Score, scale: float = 1.0) -> bool:
-        return self.utility_drop(score) <= scale * self.budget
+        return self.utility_drop(score, scale) <= scale * self.budget
 
 
 class Weights:
@@ -392,7 +456,9 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
     accepted rounds in a row that do not lower the best forget accuracy so far the loop stops
     ("stalled"). A loop that stops short of the target keeps its best accepted point (the
     lowest forget accuracy). The round that crosses a random-forgetting level is bisected onto
-    it (``bisect_steps`` halvings; with none, the closer of the round's two ends is kept).
+    it (``bisect_steps`` halvings; with none, the closer of the round's two ends is kept). A
+    point at the target ends the loop only once the gate's rows confirm its utility
+    (:meth:`Monitor.confirmed`, to ``budget_scale`` budgets); otherwise its round is undone.
 
     ``adaptive=False`` is a paper's fixed schedule: no round is undone for its utility, the
     step is never halved or doubled and a stall does not stop the loop; only the target or
@@ -422,9 +488,27 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
             weights.load(before)
             run.stop_reason = "diverged"
             break
-        if adaptive and (not weights.finite() or not monitor.utility_kept(score, budget_scale)):
+        undo = adaptive and (not weights.finite()
+                             or not monitor.utility_kept(score, budget_scale))
+        if not undo:
+            kept_before = run.kept
+            run.kept += 1
+            run.history.append(score.as_dict() | {"lr": run.lr})
+            if monitor.forgotten(score):
+                if not monitor.class_forgetting:
+                    _bisect(monitor, model, weights, before, previous, score, run, bisect_steps)
+                if not adaptive or monitor.confirmed(model, budget_scale):
+                    run.stop_reason = "forgotten"
+                    return run
+                # Every row of the gate's sets refuses what the samples accepted: undone.
+                run.kept = kept_before
+                run.history.append({"step": kept_before + 1, "unconfirmed": True,
+                                    "lr": run.lr})
+                undo = True
+        if undo:
+            if not run.history[-1].get("unconfirmed"):
+                run.history.append(score.as_dict() | {"undone": True, "lr": run.lr})
             weights.load(before)
-            run.history.append(score.as_dict() | {"undone": True, "lr": run.lr})
             ceiling, run.lr = run.lr, run.lr / 2
             run.undone += 1
             if on_undo is not None:
@@ -433,13 +517,6 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
                 run.stop_reason = "utility-limit"
                 break
             continue
-        run.kept += 1
-        run.history.append(score.as_dict() | {"lr": run.lr})
-        if monitor.forgotten(score):
-            run.stop_reason = "forgotten"
-            if not monitor.class_forgetting:
-                _bisect(monitor, model, weights, before, previous, score, run, bisect_steps)
-            return run
         if not adaptive:
             previous = score
             continue
@@ -492,8 +569,9 @@ def repair(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *, 
            max_rounds: int, min_rounds: int = 0, max_undone: int = 3,
            on_undo: Callable[[], None] | None = None, progress: ProgressFn = no_progress) -> Run:
     """Rounds of ``step`` (training on retained data) until the utility lost is under half the
-    budget with D_f still forgotten, after at least ``min_rounds``; a round that costs utility
-    is undone and the step halved.
+    budget with D_f still forgotten, after at least ``min_rounds``, and the gate's rows confirm
+    the budget holds (:meth:`Monitor.confirmed`); a round that costs utility is undone and the
+    step halved.
 
     A round that brings a forgotten class back (above its target, or above where the repair
     found it when the forgetting stopped short of the target) is undone and ends the repair:
@@ -507,7 +585,7 @@ def repair(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *, 
 
     def recovered(current: Score) -> bool:
         return (run.kept >= min_rounds and monitor.utility_drop(current) <= monitor.budget / 2
-                and not monitor.remembered(current))
+                and not monitor.remembered(current) and monitor.confirmed(model))
 
     if max_rounds == 0 or recovered(score):
         return run
