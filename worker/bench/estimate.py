@@ -405,7 +405,7 @@ def method_phases(label: str, method: str, params: Any, scenario: str, sizes: Si
                          "fp32", matmul_flops=projection))
         ph.append(_train(label, s, "step sizing", n["attempts"], params.eval_samples, "fp32"))
         bisect = params.bisect_steps if s != "class" else 0
-        checks = (_monitor_rows(sizes, params.eval_samples, True) + min(sizes.retain, LEVEL_ROWS)
+        checks = (_monitor_rows(sizes, params.eval_samples, True)
                   + 3 * params.eval_samples * (n["epochs"] + n["attempts"] * (bisect + 1)))
         ph.append(_forward(label, s, "monitor checks", checks, eval_rows(preset)))
     else:  # a plugin method: as a fine-tune of three epochs on D_r

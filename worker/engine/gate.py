@@ -38,8 +38,8 @@ from worker.engine.metrics import mia_features, predict_logits
 
 MEMBER, NON_MEMBER = 1, 0
 
-__all__ = ["Criterion", "Gate", "GateThresholds", "GateVerdict", "judge", "paired_se", "percent",
-           "proportion_se", "significantly_beyond", "weights_changed"]
+__all__ = ["Criterion", "Gate", "GateThresholds", "GateVerdict", "allowed_drop", "judge",
+           "paired_se", "percent", "proportion_se", "significantly_beyond", "weights_changed"]
 
 
 @dataclass
@@ -193,13 +193,20 @@ def _changed(base: nn.Module, candidate: nn.Module) -> Criterion:
                      "weights changed" if changed else "no weight changed: nothing was unlearned")
 
 
+def allowed_drop(base_correct: torch.Tensor, cand_correct: torch.Tensor, max_drop: float,
+                 z: float) -> float:
+    """Points accuracy may fall from the base model's to a candidate's on the same rows:
+    ``max_drop``, or ``z`` standard errors of the difference when that is more."""
+    return max(max_drop, z * paired_se(base_correct, cand_correct))
+
+
 def _utility(base: _Outputs, cand: _Outputs, thresholds: GateThresholds) -> list[Criterion]:
     criteria = []
     for name, base_correct, cand_correct in (
             ("test_accuracy", base.test_correct, cand.test_correct),
             ("retain_accuracy", base.retain_correct, cand.retain_correct)):
-        allowed = max(thresholds.max_utility_drop,
-                      thresholds.z * paired_se(base_correct, cand_correct))
+        allowed = allowed_drop(base_correct, cand_correct, thresholds.max_utility_drop,
+                               thresholds.z)
         base_acc, cand_acc = percent(base_correct), percent(cand_correct)
         criteria.append(_minimum(name, cand_acc, base_acc - allowed,
                                  f"{name.replace('_', ' ')} (base {base_acc:.2f}, allowed drop "

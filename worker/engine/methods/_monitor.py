@@ -43,6 +43,7 @@ from torch import nn
 
 from worker.engine.gate import (
     GateThresholds,
+    allowed_drop,
     paired_se,
     percent,
     proportion_se,
@@ -275,6 +276,13 @@ class Monitor:
         return [_correct(outputs(model, x, self.device), y)
                 for x, y in zip(self.whole_x, self.whole_y, strict=True)]
 
+    def base_retain_accuracy(self) -> float | None:
+        """The base model's accuracy (percent) on every D_r row up to LEVEL_ROWS, when the
+        monitor reads D_r (None otherwise): what placed the level, for a method to keep."""
+        if self.whole_base is None or not self.read_retain:
+            return None
+        return percent(self.whole_base[1])
+
     def confirmed(self, model: nn.Module, scale: float = 1.0) -> bool:
         """Whether utility holds on every row (up to LEVEL_ROWS) of the sets the gate samples,
         by the gate's own rule, ``scale`` times: a drop of at most the budget, or z standard
@@ -286,7 +294,7 @@ class Monitor:
         assert base is not None, "begin() first"
         now = self._whole_correct(model)
         for before, after in zip(base, now, strict=True):
-            allowed = scale * max(self.budget, GATE.z * paired_se(before, after))
+            allowed = scale * allowed_drop(before, after, self.budget, GATE.z)
             if percent(before) - percent(after) > allowed:
                 return False
         if not self.read_retain and len(base[0]):
@@ -490,7 +498,9 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
             break
         undo = adaptive and (not weights.finite()
                              or not monitor.utility_kept(score, budget_scale))
-        if not undo:
+        if undo:
+            run.history.append(score.as_dict() | {"undone": True, "lr": run.lr})
+        else:
             kept_before = run.kept
             run.kept += 1
             run.history.append(score.as_dict() | {"lr": run.lr})
@@ -506,8 +516,6 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
                                     "lr": run.lr})
                 undo = True
         if undo:
-            if not run.history[-1].get("unconfirmed"):
-                run.history.append(score.as_dict() | {"undone": True, "lr": run.lr})
             weights.load(before)
             ceiling, run.lr = run.lr, run.lr / 2
             run.undone += 1

@@ -59,7 +59,6 @@ from worker.engine.methods._base import (
     register_method,
 )
 from worker.engine.methods._common import (
-    accuracy,
     evaluating,
     freeze_norm_statistics,
     only_these_trainable,
@@ -72,7 +71,6 @@ from worker.engine.methods._monitor import (
     Run,
     Weights,
     descend,
-    level_rows,
     relative_lr,
 )
 from worker.engine.training import iterate_batches, seeded_generator
@@ -382,9 +380,9 @@ class ProjectedGradient(UnlearningMethod):
         if left_out:
             metrics["layers_left_out"] = left_out
         state = dict(reduced)
-        if retain_acc is not None:
+        if descent.retain_acc is not None:
             # The projected steps barely move retained accuracy, so the next request reuses it.
-            state[RETAIN_ACCURACY_KEY] = torch.tensor([retain_acc], dtype=torch.float64)
+            state[RETAIN_ACCURACY_KEY] = torch.tensor([descent.retain_acc], dtype=torch.float64)
         return UnlearningOutcome(model=model.eval(), metrics=metrics, state=state)
 
 
@@ -392,7 +390,8 @@ def _retained_matrices(model: nn.Module, layers: dict[str, ProjectedLayer], task
                        params: Params) -> tuple[dict[str, torch.Tensor], str, float | None]:
     """R − R^f per layer, R from the cache when it fits this model (then no retained row is
     read), else computed over retain ∪ forget. Also says where R came from, and gives the base
-    model's accuracy on its retained rows when known (None: a cache from before it was kept)."""
+    model's accuracy on its retained rows when cached (None: computed matrices, whose request
+    has the monitor read it; or a cache from before it was kept)."""
     data = task.data
     cached = _usable_state(task.state, layers)
     if cached is not None:
@@ -400,7 +399,7 @@ def _retained_matrices(model: nn.Module, layers: dict[str, ProjectedLayer], task
         retain_acc = _cached_retain_accuracy(task.state)
     else:
         full = _estimated_matrices(model, data.known_idx(), task, params)
-        retain_acc = _retain_accuracy(model, task, params)
+        retain_acc = None
         source = "computed" if task.state is None else "recomputed: cached state did not fit"
         forget_phase = (0.3, 0.35)
     forgotten = representation_matrices(
@@ -422,16 +421,6 @@ def _estimated_matrices(model: nn.Module, rows: torch.Tensor, task: UnlearningTa
         progress=progress_span(task.progress, 0.0, 0.3))
     scale = len(rows) / max(1, len(sample))
     return {name: matrix * scale for name, matrix in matrices.items()}
-
-
-def _retain_accuracy(model: nn.Module, task: UnlearningTask, params: Params) -> float:
-    """The base model's accuracy (percent) on its retained rows, every one up to LEVEL_ROWS:
-    its error goes straight into the stopping level, and a 1,000-row sample's (about ±1.4
-    points) cost as much gap as the level's other terms put together. Read on a first request
-    only, which reads D for the matrices anyway."""
-    rows = task.data.retain_idx
-    rows = rows[level_rows(len(rows), seeded_generator(params.seed))]
-    return accuracy(model, task.data.x_train[rows], task.data.y_train[rows], task.device)
 
 
 def _usable_state(state: dict[str, torch.Tensor] | None,
@@ -493,6 +482,8 @@ class _Descent:
         self.monitor.begin(self.model, retain_accuracy=self.retain_acc,
                            level_exponent=self.params.level_exponent,
                            difficulty_weight=self.params.difficulty_weight)
+        if self.retain_acc is None:  # a first request: the monitor read every D_r row
+            self.retain_acc = self.monitor.base_retain_accuracy()
         weights = Weights(self.parameters)
         initial, best = weights.save(), None
         share = 1 / len(self.ladder)
