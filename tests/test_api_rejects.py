@@ -192,6 +192,18 @@ def test_oversized_request_is_refused(configure, monkeypatch, digits_npz):
         assert_problem(response, 413)
 
 
+def test_a_get_with_an_oversized_body_gets_a_documented_413(configure):
+    from tests.conftest import api_client
+
+    configure(max_request_bytes="1000")
+    with api_client() as api:
+        response = api.client.request("GET", "/v1/jobs", content=b"x" * 2000,
+                                      headers=api.headers)
+        assert_problem(response, 413)
+        document = api.get("/openapi.json").json()
+    assert "413" in document["paths"]["/v1/jobs"]["get"]["responses"]
+
+
 def test_every_v1_route_needs_a_token(api):
     from app.main import create_app
 

@@ -76,7 +76,19 @@ def install_problem_schema(app: FastAPI) -> None:
             problem = ProblemBody.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(problem.pop("$defs", {}))
             schemas[SCHEMA_NAME] = problem
+            _document_body_limit(document)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _document_body_limit(document: dict[str, Any]) -> None:
+    """The body limit (app/core/limits.py) sits in front of every route, so any operation,
+    a GET with a declared body included, can answer 413."""
+    too_large = {str(status): entry for status, entry in problems(413).items()}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                for status, entry in too_large.items():
+                    operation["responses"].setdefault(status, entry)
