@@ -430,7 +430,9 @@ def forget(
         help="Whole classes to forget, by label: --classes 3 or --classes 3,5.")] = None,
     subject: Annotated[str | None, typer.Option(
         help="Who asked; alone, every sample of this data subject.")] = None,
-    method: Annotated[str | None, typer.Option(help="A name from GET /v1/methods.")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="A name from GET /v1/methods; default: the service's for the kind of request "
+             "(samples or classes).")] = None,
     params: Annotated[str | None, typer.Option(help="The method's parameters, JSON.")] = None,
     fallback: Annotated[list[str] | None, typer.Option(
         help="A method tried if the one before fails the acceptance gate; repeatable.")] = None,

@@ -19,6 +19,7 @@ from app.core.query_params import refuse_undeclared_query_params
 from app.core.storage import get_blob_store
 from app.datasets.routes import router as datasets_router
 from app.deletion_requests.routes import router as deletion_requests_router
+from app.deletion_requests.service import check_configured_methods
 from app.jobs.routes import router as jobs_router
 from app.models.routes import router as models_router
 from app.ops.metrics import RequestMetrics
@@ -48,6 +49,7 @@ async def lifespan(app: FastAPI):
 
 def create_app(run_worker: bool = True) -> FastAPI:
     settings = get_settings()
+    check_configured_methods()
     # Before any route's own dependencies, on every route: /v1 routes refuse a query parameter
     # they do not declare, then any route refuses text the database cannot store.
     app = FastAPI(title="Lethe", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,

@@ -105,16 +105,40 @@ def test_forget_a_class_then_chain_versions(sqlite_api, digits_npz, digits_weigh
 
 
 @pytest.mark.slow
-def test_a_request_naming_no_method_gets_the_default(sqlite_api, digits_npz, digits_weights):
-    # random-label: the benchmark's best method that keeps no per-version state (README).
+def test_a_request_naming_no_method_gets_the_default_for_its_kind(sqlite_api, digits_npz,
+                                                                   digits_weights):
+    # The zoo's most gate passes at defaults among methods that keep no per-version state
+    # (README): deepclean for whole classes, feature-constraint for samples.
     api = sqlite_api
+    defaults = {m["name"]: m["default_for"] for m in api.get("/v1/methods").json()}
+    assert defaults["deepclean"] == ["classes"]
+    assert defaults["feature-constraint"] == ["samples"]
+    assert defaults["random-label"] == []
     _, model = register_digits(api, digits_npz, digits_weights)
     response = api.post(f"/v1/models/{model['id']}/deletion-requests", json={"classes": [7]})
     assert response.status_code == 202, response.text
+    assert response.json()["method"] == "deepclean"
     job = api.wait_for_job(response.json()["job_id"])
-    assert job["status"] == "succeeded" and job["method"] == "random-label", job
+    assert job["status"] == "succeeded" and job["method"] == "deepclean", job
+    assert job["metrics"]["method"] == "deepclean"  # published without falling back
     assert job["metrics"]["forget_accuracy"] < 0.05
     assert job["metrics"]["retain_accuracy"] > 0.9
+    page = api.get(f"/v1/datasets/{model['dataset_id']}/samples", params={"limit": 40}).json()
+    others = [s["id"] for s in page["items"] if s["label"] != 7][:20]
+    response = api.post(f"/v1/models/{model['id']}/deletion-requests",
+                        json={"sample_ids": others})
+    assert response.status_code == 202, response.text
+    assert response.json()["method"] == "feature-constraint"
+    queued = api.get(f"/v1/jobs/{response.json()['job_id']}").json()
+    assert queued["method"] == "feature-constraint"
+
+
+def test_an_unknown_configured_default_method_stops_the_service_starting(configure):
+    from app.main import create_app
+
+    configure(default_method_classes="no-such-method")
+    with pytest.raises(RuntimeError, match="LETHE_DEFAULT_METHOD_CLASSES: unknown method"):
+        create_app(run_worker=False)
 
 
 def test_cancel_queued_job(configure, digits_npz, digits_weights):

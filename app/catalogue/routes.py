@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.core.auth import current_principal
 from app.core.config import get_settings
@@ -23,6 +23,8 @@ class MethodOut(BaseModel):
     summary: str
     reference: str
     params_schema: dict[str, Any]
+    default_for: list[Literal["samples", "classes"]] = Field(
+        description="The kinds of request that get this method when they name none.")
 
 
 class ArchitectureOut(BaseModel):
@@ -33,8 +35,13 @@ class ArchitectureOut(BaseModel):
 
 @router.get("/methods", response_model=list[MethodOut])
 def list_methods():
+    settings = get_settings()
+    defaults = {"samples": settings.default_method_samples,
+                "classes": settings.default_method_classes}
     return [MethodOut(name=name, summary=cls.summary, reference=cls.reference,
-                      params_schema=cls.params_schema()) for name, cls in METHODS]
+                      params_schema=cls.params_schema(),
+                      default_for=[kind for kind, default in defaults.items() if default == name])
+            for name, cls in METHODS]
 
 
 @router.get("/architectures", response_model=list[ArchitectureOut])

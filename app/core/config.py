@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         default_factory=GateThresholds,
         description="Default thresholds (e.g. LETHE_GATE__MAX_UTILITY_DROP=3); a request's "
                     "`gate` overrides them field by field.")
+    # What a request that names no method gets, by its kind (README, "What we recommend": the
+    # zoo's gate pass rates at defaults, without fallback).
+    default_method_samples: str = Field(
+        "feature-constraint", description="Method of a request for samples (sample_ids or a "
+        "subject) that names none.")
+    default_method_classes: str = Field(
+        "deepclean", description="Method of a request for whole classes that names none.")
     fallback_methods: list[str] = Field(
         ["retrain"], description="Methods tried in turn, at their defaults, when a request's "
                                  "method fails the gate and the request names no fallback.")
@@ -150,6 +157,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.home / 'lethe.db').resolve()}"
+
+    def default_method(self, *, classes: bool) -> str:
+        """The method of a request that names none: by whether it forgets whole classes."""
+        return self.default_method_classes if classes else self.default_method_samples
 
     @property
     def resolved_db_pool_size(self) -> int:

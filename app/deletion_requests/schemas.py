@@ -10,7 +10,6 @@ from app.core.db import utcnow
 from app.core.guards import Int32
 from app.jobs.schemas import JobOut
 
-DEFAULT_METHOD = "random-label"
 SHOWN_DUPLICATES = 20
 
 
@@ -34,7 +33,11 @@ class DeletionRequestIn(BaseModel):
                                          description="Training samples to forget.")
     classes: list[Int32] | None = Field(None, min_length=1,
                                         description="Whole classes to forget, by label.")
-    method: str = Field(DEFAULT_METHOD, description="A name from GET /v1/methods.")
+    method: str | None = Field(
+        None, max_length=100,
+        description="A name from GET /v1/methods. Default: the service's for the kind of "
+                    "request (feature-constraint for samples, deepclean for whole classes, "
+                    "unless the operator set others; GET /v1/methods marks them).")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="The method's parameters (its params_schema).")
     fallback: list[FallbackStep] | None = Field(

@@ -48,6 +48,29 @@ def resolve_params(method: str, params: dict) -> MethodParams:
         raise validation_problem("params", exc) from None
 
 
+def check_configured_methods() -> None:
+    """Refuse to start on a default or fallback method no registry entry has: every request
+    naming no method (or no fallback) would otherwise fail on the operator's typo."""
+    settings = get_settings()
+    configured = {"LETHE_DEFAULT_METHOD_SAMPLES": [settings.default_method_samples],
+                  "LETHE_DEFAULT_METHOD_CLASSES": [settings.default_method_classes],
+                  "LETHE_FALLBACK_METHODS": settings.fallback_methods}
+    for variable, names in configured.items():
+        for name in names:
+            if name not in METHODS:
+                raise RuntimeError(f"{variable}: unknown method {name!r}; known: "
+                                   f"{', '.join(METHODS.names())}")
+
+
+def with_method(body: DeletionRequestIn) -> DeletionRequestIn:
+    """The request with its method named: the service's default for its kind when it names
+    none, so the job, the request and the audit trail record the method that runs."""
+    if body.method is not None:
+        return body
+    method = get_settings().default_method(classes=body.classes is not None)
+    return body.model_copy(update={"method": method})
+
+
 def resolve_fallback(body: DeletionRequestIn) -> list[dict]:
     """The chain tried after the request's method, validated now so a bad entry is a 422, not
     a job that fails later; entries equal to an earlier one are dropped."""
@@ -201,6 +224,7 @@ def schedule(db: Session, model: Model, rows: list[int], classes: list[int] | No
 def create_request(db: Session, principal: Principal, model: Model,
                    body: DeletionRequestIn) -> tuple[DeletionRequest, Job, bool]:
     """The request, its job, and whether that job is new (else the request joined it)."""
+    body = with_method(body)
     params = resolve_params(body.method, body.params).model_dump(mode="json")
     fallback, gate = resolve_fallback(body), resolve_gate(body.gate)
     # Serialise requests on one model so two can never schedule the same sample.

@@ -124,7 +124,7 @@ class DeletionRequestIn(BaseModel):
 
     sample_ids: list[str] | None = Field(None, description='Training samples to forget.')
     classes: list[int] | None = Field(None, description='Whole classes to forget, by label.')
-    method: str = Field('random-label', description='A name from GET /v1/methods.')
+    method: str | None = Field(None, description="A name from GET /v1/methods. Default: the service's for the kind of request (feature-constraint for samples, deepclean for whole classes, unless the operator set others; GET /v1/methods marks them).")
     params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (its params_schema).")
     fallback: list[FallbackStep] | None = Field(None, description="Methods tried in turn, each a name or {method, params}, when a candidate fails the acceptance gate. Default: the service's chain, ending in retrain; [] for none (a failing candidate then fails the job).")
     gate: dict[str, Any] | None = Field(None, description="Overrides of the acceptance gate's thresholds, field by field (enforce, max_utility_drop, class_forget_max, forget_margin_above, forget_margin_below, mia_margin, z, sample_rows); see the README.")
@@ -249,6 +249,7 @@ class Method(BaseModel):
     summary: str
     reference: str
     params_schema: dict[str, Any]
+    default_for: list[Literal['samples', 'classes']] = Field(description='The kinds of request that get this method when they name none.')
 
 
 class Model(BaseModel):
