@@ -474,6 +474,45 @@ def bench_service(
          [f"{kind}: {path}" for kind, path in output.paths.items()])
 
 
+@bench_cli.command("chains")
+def bench_chains(
+    results: Annotated[Path, typer.Argument(help="A benchmark's results.json, e.g. "
+                                            "benchmarks/zoo/results.json.")],
+    chain: Annotated[list[str] | None, typer.Option(
+        help="SCENARIO=METHOD,METHOD,... (scenario random-10 or class); repeatable. Default: "
+             "the service's default chains (LETHE_DEFAULT_CHAIN_SAMPLES for random-10, "
+             "LETHE_DEFAULT_CHAIN_CLASSES for class) and retrain alone.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the markdown here.")] = None,
+) -> None:
+    """Replay fallback chains on a benchmark's per-seed gate verdicts: how often each
+    publishes an approximation, in how many seconds, at what gap to retraining."""
+    import json
+
+    from app.core.config import get_settings
+    from worker.bench.chains import SCENARIOS, chains_markdown
+
+    chains: dict[str, list[list[str]]] = {scenario: [] for scenario in SCENARIOS}
+    for entry in chain or []:
+        scenario, _, methods = entry.partition("=")
+        if scenario not in chains or not methods:
+            raise typer.BadParameter(f"{entry!r}: SCENARIO=METHOD,... with a scenario of "
+                                     f"{', '.join(SCENARIOS)}")
+        chains[scenario].append(methods.split(","))
+    if not chain:
+        settings = get_settings()
+        chains = {"random-10": [settings.default_chain_samples, ["retrain"]],
+                  "class": [settings.default_chain_classes, ["retrain"]]}
+    try:
+        text = chains_markdown(json.loads(results.read_text()), chains)
+    except (OSError, ValueError, KeyError) as exc:
+        raise typer.BadParameter(f"{results}: {exc}") from None
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")
+        typer.echo(f"wrote {out}")
+
+
 @data_cli.command("export-digits")
 def export_digits(out: Annotated[Path, typer.Option(help="The .npz file to write.")],
                   as_json: Json = False) -> None:

@@ -251,6 +251,10 @@ def _check_defaults_are_recorded(api, digits_npz, digits_weights):
     assert request["gate"]["max_utility_drop"] == 3
     assert request["gate"]["class_forget_max"] == GateThresholds().class_forget_max
     assert request["gate"]["forget_margin_above"] == 4
+    # A named method falls back on LETHE_FALLBACK_METHODS; a request naming none tries the
+    # rest of the default chain for its kind.
+    assert published["default_chains"]["samples"][1:] == ["feature-constraint", "retrain"]
     other = _request(api, model["id"], sample_ids=sample_ids(api, model["dataset_id"], 6)[3:])
-    assert [step["method"] for step in other["fallback"]] == ["retrain"]
+    assert other["method"] == "projected-gradient"
+    assert [step["method"] for step in other["fallback"]] == ["feature-constraint", "retrain"]
     api.wait_for_job(other["job_id"])

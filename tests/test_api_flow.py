@@ -105,39 +105,51 @@ def test_forget_a_class_then_chain_versions(sqlite_api, digits_npz, digits_weigh
 
 
 @pytest.mark.slow
-def test_a_request_naming_no_method_gets_the_default_for_its_kind(sqlite_api, digits_npz,
-                                                                   digits_weights):
-    # The zoo's most gate passes at defaults among methods that keep no per-version state
-    # (README): deepclean for whole classes, feature-constraint for samples.
+def test_a_request_naming_no_method_gets_the_chain_for_its_kind(sqlite_api, digits_npz,
+                                                                 digits_weights):
+    # The chains whose methods the zoo's gate published most often at defaults (README).
     api = sqlite_api
     defaults = {m["name"]: m["default_for"] for m in api.get("/v1/methods").json()}
-    assert defaults["deepclean"] == ["classes"]
-    assert defaults["feature-constraint"] == ["samples"]
+    assert defaults["projected-gradient"] == ["samples", "classes"]
+    assert defaults["deepclean"] == []
     assert defaults["random-label"] == []
+    chains = api.get("/v1/acceptance-gate").json()["default_chains"]
+    assert chains == {"samples": ["projected-gradient", "feature-constraint", "retrain"],
+                      "classes": ["projected-gradient", "deepclean", "retrain"]}
     _, model = register_digits(api, digits_npz, digits_weights)
     response = api.post(f"/v1/models/{model['id']}/deletion-requests", json={"classes": [7]})
     assert response.status_code == 202, response.text
-    assert response.json()["method"] == "deepclean"
-    job = api.wait_for_job(response.json()["job_id"])
-    assert job["status"] == "succeeded" and job["method"] == "deepclean", job
-    assert job["metrics"]["method"] == "deepclean"  # published without falling back
+    request = response.json()
+    assert request["method"] == "projected-gradient"
+    assert [step["method"] for step in request["fallback"]] == ["deepclean", "retrain"]
+    job = api.wait_for_job(request["job_id"])
+    assert job["status"] == "succeeded" and job["method"] == "projected-gradient", job
+    assert job["metrics"]["method"] == "projected-gradient"  # published without falling back
     assert job["metrics"]["forget_accuracy"] < 0.05
     assert job["metrics"]["retain_accuracy"] > 0.9
+
     page = api.get(f"/v1/datasets/{model['dataset_id']}/samples", params={"limit": 40}).json()
-    others = [s["id"] for s in page["items"] if s["label"] != 7][:20]
-    response = api.post(f"/v1/models/{model['id']}/deletion-requests",
-                        json={"sample_ids": others})
+    others = [s["id"] for s in page["items"] if s["label"] != 7]
+    deletions = f"/v1/models/{model['id']}/deletion-requests"
+    # params are a named method's: the default depends on the request's kind.
+    refused = api.post(deletions, json={"sample_ids": others[:20], "params": {"seed": 1}})
+    assert refused.status_code == 422 and "name the method" in refused.text, refused.text
+    response = api.post(deletions, json={"sample_ids": others[:20]})
     assert response.status_code == 202, response.text
-    assert response.json()["method"] == "feature-constraint"
-    queued = api.get(f"/v1/jobs/{response.json()['job_id']}").json()
-    assert queued["method"] == "feature-constraint"
+    request = response.json()
+    assert request["method"] == "projected-gradient"
+    assert [step["method"] for step in request["fallback"]] == ["feature-constraint", "retrain"]
+    # A fallback the request names replaces the rest of the chain.
+    response = api.post(deletions, json={"sample_ids": others[20:30], "fallback": []})
+    assert response.status_code == 202, response.text
+    assert (response.json()["method"], response.json()["fallback"]) == ("projected-gradient", [])
 
 
 def test_an_unknown_configured_default_method_stops_the_service_starting(configure):
     from app.main import create_app
 
-    configure(default_method_classes="no-such-method")
-    with pytest.raises(RuntimeError, match="LETHE_DEFAULT_METHOD_CLASSES: unknown method"):
+    configure(default_chain_classes='["projected-gradient", "no-such-method"]')
+    with pytest.raises(RuntimeError, match="LETHE_DEFAULT_CHAIN_CLASSES: unknown method"):
         create_app(run_worker=False)
 
 

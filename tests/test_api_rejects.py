@@ -138,10 +138,12 @@ def test_bad_deletion_requests_change_nothing(api, home, digits_npz, digits_weig
     assert body["unknown_sample_ids"] == ["no-such-sample"]
     assert_problem(api.post(url, json={"sample_ids": ids, "method": "oblivion"}), 422,
                    "method", "oblivion")
-    assert_problem(api.post(url, json={"sample_ids": ids, "params": {"epochs": 0}}), 422,
-                   "params.epochs")
-    assert_problem(api.post(url, json={"sample_ids": ids, "params": {"bogus": 1}}), 422,
-                   "params.bogus")
+    assert_problem(api.post(url, json={"sample_ids": ids, "method": "finetune",
+                                       "params": {"epochs": 0}}), 422, "params.epochs")
+    assert_problem(api.post(url, json={"sample_ids": ids, "method": "finetune",
+                                       "params": {"bogus": 1}}), 422, "params.bogus")
+    assert_problem(api.post(url, json={"sample_ids": ids, "params": {"epochs": 2}}), 422,
+                   "params: name the method")
     assert_problem(api.post(url, json={"classes": [42]}), 422, "classes")
     assert_problem(api.post(url, json={"sample_ids": ids, "classes": [1]}), 422, "exactly one")
     repeated = api.post(url, json={"sample_ids": [ids[0], ids[1], ids[0], ids[1], ids[2]]})

@@ -378,7 +378,7 @@ def test_a_tabular_dataset_is_unlearned_end_to_end_with_an_mlp(api, home, tmp_pa
                         json={"sample_ids": forget})
     assert response.status_code == 202, response.text
     job = api.wait_for_job(response.json()["job_id"])
-    assert job["status"] == "succeeded" and job["method"] == "feature-constraint", job
+    assert job["status"] == "succeeded" and job["method"] == "projected-gradient", job
     assert job["result_version"] == 2 and job["metrics"]["test_accuracy"] > 0.9
 
     from app.core.db import new_session

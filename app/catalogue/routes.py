@@ -24,7 +24,8 @@ class MethodOut(BaseModel):
     reference: str
     params_schema: dict[str, Any]
     default_for: list[Literal["samples", "classes"]] = Field(
-        description="The kinds of request that get this method when they name none.")
+        description="The kinds of request whose default chain (for a request naming no "
+                    "method) starts with this method.")
 
 
 class ArchitectureOut(BaseModel):
@@ -36,8 +37,8 @@ class ArchitectureOut(BaseModel):
 @router.get("/methods", response_model=list[MethodOut])
 def list_methods():
     settings = get_settings()
-    defaults = {"samples": settings.default_method_samples,
-                "classes": settings.default_method_classes}
+    defaults = {"samples": settings.default_chain_samples[0],
+                "classes": settings.default_chain_classes[0]}
     return [MethodOut(name=name, summary=cls.summary, reference=cls.reference,
                       params_schema=cls.params_schema(),
                       default_for=[kind for kind, default in defaults.items() if default == name])
@@ -51,9 +52,17 @@ def list_architectures():
             for name, arch in ARCHITECTURES]
 
 
+class DefaultChains(BaseModel):
+    samples: list[str]
+    classes: list[str]
+
+
 class GateOut(BaseModel):
     thresholds: GateThresholds
-    fallback: list[str]
+    fallback: list[str] = Field(description="Tried after a named method that fails the gate, "
+                                            "when the request names no fallback.")
+    default_chains: DefaultChains = Field(description="Tried in turn by a request that names "
+                                                      "no method, by its kind.")
     thresholds_schema: dict[str, Any]
 
 
@@ -62,4 +71,6 @@ class GateOut(BaseModel):
 def acceptance_gate():
     settings = get_settings()
     return GateOut(thresholds=settings.gate, fallback=settings.fallback_methods,
+                   default_chains=DefaultChains(samples=settings.default_chain_samples,
+                                                classes=settings.default_chain_classes),
                    thresholds_schema=GateThresholds.model_json_schema())

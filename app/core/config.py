@@ -110,16 +110,20 @@ class Settings(BaseSettings):
         default_factory=GateThresholds,
         description="Default thresholds (e.g. LETHE_GATE__MAX_UTILITY_DROP=3); a request's "
                     "`gate` overrides them field by field.")
-    # What a request that names no method gets, by its kind (README, "What we recommend": the
-    # zoo's gate pass rates at defaults, without fallback).
-    default_method_samples: str = Field(
-        "feature-constraint", description="Method of a request for samples (sample_ids or a "
-        "subject) that names none.")
-    default_method_classes: str = Field(
-        "deepclean", description="Method of a request for whole classes that names none.")
+    # What a request that names no method gets, by its kind: the first method, then the rest
+    # as its fallback chain (README, "What we recommend": the zoo's gate verdicts at defaults).
+    default_chain_samples: list[str] = Field(
+        ["projected-gradient", "feature-constraint", "retrain"], min_length=1,
+        description="Methods tried in turn for a request for samples (sample_ids or a subject) "
+                    "that names no method; a fallback the request names replaces all but the "
+                    "first.")
+    default_chain_classes: list[str] = Field(
+        ["projected-gradient", "deepclean", "retrain"], min_length=1,
+        description="The same for a request for whole classes.")
     fallback_methods: list[str] = Field(
         ["retrain"], description="Methods tried in turn, at their defaults, when a request's "
-                                 "method fails the gate and the request names no fallback.")
+                                 "named method fails the gate and the request names no "
+                                 "fallback.")
     receipt_key_file: Path | None = Field(None, description="Ed25519 private key (PEM) that "
                                           "signs receipts; home/receipt-key.pem if unset.")
     audit_checkpoint_every: int = Field(
@@ -158,9 +162,9 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{(self.home / 'lethe.db').resolve()}"
 
-    def default_method(self, *, classes: bool) -> str:
-        """The method of a request that names none: by whether it forgets whole classes."""
-        return self.default_method_classes if classes else self.default_method_samples
+    def default_chain(self, *, classes: bool) -> list[str]:
+        """The methods a request that names none tries: by whether it forgets whole classes."""
+        return self.default_chain_classes if classes else self.default_chain_samples
 
     @property
     def resolved_db_pool_size(self) -> int:

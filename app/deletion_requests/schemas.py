@@ -35,9 +35,11 @@ class DeletionRequestIn(BaseModel):
                                         description="Whole classes to forget, by label.")
     method: str | None = Field(
         None, max_length=100,
-        description="A name from GET /v1/methods. Default: the service's for the kind of "
-                    "request (feature-constraint for samples, deepclean for whole classes, "
-                    "unless the operator set others; GET /v1/methods marks them).")
+        description="A name from GET /v1/methods. Default: the service's chain for the kind "
+                    "of request, its first method with the rest as the fallback (samples: "
+                    "projected-gradient, feature-constraint, retrain; whole classes: "
+                    "projected-gradient, deepclean, retrain; GET /v1/acceptance-gate lists "
+                    "the service's). params need a method named.")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="The method's parameters (its params_schema).")
     fallback: list[FallbackStep] | None = Field(
@@ -65,6 +67,13 @@ class DeletionRequestIn(BaseModel):
                     if len(repeated) > SHOWN_DUPLICATES else "")
             raise ValueError(f"listed more than once: {shown}{more}")
         return values
+
+    @model_validator(mode="after")
+    def _params_name_their_method(self) -> DeletionRequestIn:
+        if self.params and self.method is None:
+            raise ValueError("params: name the method they are for (the default method "
+                             "depends on the kind of request and the service's chain)")
+        return self
 
     @model_validator(mode="after")
     def _one_selector(self) -> DeletionRequestIn:

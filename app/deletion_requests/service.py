@@ -52,8 +52,8 @@ def check_configured_methods() -> None:
     """Refuse to start on a default or fallback method no registry entry has: every request
     naming no method (or no fallback) would otherwise fail on the operator's typo."""
     settings = get_settings()
-    configured = {"LETHE_DEFAULT_METHOD_SAMPLES": [settings.default_method_samples],
-                  "LETHE_DEFAULT_METHOD_CLASSES": [settings.default_method_classes],
+    configured = {"LETHE_DEFAULT_CHAIN_SAMPLES": settings.default_chain_samples,
+                  "LETHE_DEFAULT_CHAIN_CLASSES": settings.default_chain_classes,
                   "LETHE_FALLBACK_METHODS": settings.fallback_methods}
     for variable, names in configured.items():
         for name in names:
@@ -63,12 +63,15 @@ def check_configured_methods() -> None:
 
 
 def with_method(body: DeletionRequestIn) -> DeletionRequestIn:
-    """The request with its method named: the service's default for its kind when it names
-    none, so the job, the request and the audit trail record the method that runs."""
+    """The request with its method named: when it names none, the first of the service's
+    chain for its kind, the rest as its fallback unless it names one. So the job, the request
+    and the audit trail record the methods that will run."""
     if body.method is not None:
         return body
-    method = get_settings().default_method(classes=body.classes is not None)
-    return body.model_copy(update={"method": method})
+    first, *rest = get_settings().default_chain(classes=body.classes is not None)
+    fallback = body.fallback if body.fallback is not None else [
+        FallbackStep(method=name) for name in rest]
+    return body.model_copy(update={"method": first, "fallback": fallback})
 
 
 def resolve_fallback(body: DeletionRequestIn) -> list[dict]:

@@ -119,12 +119,19 @@ class Dataset(BaseModel):
     created_at: datetime
 
 
+class DefaultChains(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    samples: list[str]
+    classes: list[str]
+
+
 class DeletionRequestIn(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     sample_ids: list[str] | None = Field(None, description='Training samples to forget.')
     classes: list[int] | None = Field(None, description='Whole classes to forget, by label.')
-    method: str | None = Field(None, description="A name from GET /v1/methods. Default: the service's for the kind of request (feature-constraint for samples, deepclean for whole classes, unless the operator set others; GET /v1/methods marks them).")
+    method: str | None = Field(None, description="A name from GET /v1/methods. Default: the service's chain for the kind of request, its first method with the rest as the fallback (samples: projected-gradient, feature-constraint, retrain; whole classes: projected-gradient, deepclean, retrain; GET /v1/acceptance-gate lists the service's). params need a method named.")
     params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (its params_schema).")
     fallback: list[FallbackStep] | None = Field(None, description="Methods tried in turn, each a name or {method, params}, when a candidate fails the acceptance gate. Default: the service's chain, ending in retrain; [] for none (a failing candidate then fails the job).")
     gate: dict[str, Any] | None = Field(None, description="Overrides of the acceptance gate's thresholds, field by field (enforce, max_utility_drop, class_forget_max, forget_margin_above, forget_margin_below, mia_margin, z, sample_rows); see the README.")
@@ -198,7 +205,8 @@ class Gate(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     thresholds: GateThresholds
-    fallback: list[str]
+    fallback: list[str] = Field(description='Tried after a named method that fails the gate, when the request names no fallback.')
+    default_chains: DefaultChains = Field(description='Tried in turn by a request that names no method, by its kind.')
     thresholds_schema: dict[str, Any]
 
 
@@ -249,7 +257,7 @@ class Method(BaseModel):
     summary: str
     reference: str
     params_schema: dict[str, Any]
-    default_for: list[Literal['samples', 'classes']] = Field(description='The kinds of request that get this method when they name none.')
+    default_for: list[Literal['samples', 'classes']] = Field(description='The kinds of request whose default chain (for a request naming no method) starts with this method.')
 
 
 class Model(BaseModel):
@@ -371,6 +379,7 @@ Attempt.model_rebuild()
 AuditEvent.model_rebuild()
 ChainVerdict.model_rebuild()
 Dataset.model_rebuild()
+DefaultChains.model_rebuild()
 DeletionRequestIn.model_rebuild()
 DeletionRequest.model_rebuild()
 Delivery.model_rebuild()
@@ -392,4 +401,4 @@ WebhookCreated.model_rebuild()
 WebhookIn.model_rebuild()
 Webhook.model_rebuild()
 
-__all__ = ['AliasIn', 'Alias', 'ApiKeyCreated', 'ApiKeyIn', 'ApiKey', 'Architecture', 'Attempt', 'AuditEvent', 'ChainVerdict', 'Dataset', 'DeletionRequestIn', 'DeletionRequest', 'Delivery', 'FallbackStep', 'FieldError', 'ForgottenSample', 'Gate', 'GateThresholds', 'Job', 'Method', 'Model', 'Problem', 'PublicKey', 'Sample', 'SignedDocument', 'TagIn', 'Version', 'WebhookCreated', 'WebhookIn', 'Webhook']
+__all__ = ['AliasIn', 'Alias', 'ApiKeyCreated', 'ApiKeyIn', 'ApiKey', 'Architecture', 'Attempt', 'AuditEvent', 'ChainVerdict', 'Dataset', 'DefaultChains', 'DeletionRequestIn', 'DeletionRequest', 'Delivery', 'FallbackStep', 'FieldError', 'ForgottenSample', 'Gate', 'GateThresholds', 'Job', 'Method', 'Model', 'Problem', 'PublicKey', 'Sample', 'SignedDocument', 'TagIn', 'Version', 'WebhookCreated', 'WebhookIn', 'Webhook']
