@@ -227,6 +227,10 @@ def test_benchmark_recommends_the_gates_favourite_and_degrades_without_results(
     console.sign_in()
     committed = console.client.get("/ui/benchmarks")
     assert committed.status_code == 200 and "Recommended:" in committed.text
+    # The default chains, replayed on the committed zoo run (benchmarks/zoo/chains.md).
+    assert ("tries <code>projected-gradient → feature-constraint → retrain</code>"
+            in committed.text)
+    assert "published an approximation on 12 of 12" in committed.text
     assert console.client.get("/ui/benchmarks/tradeoff.png").headers["content-type"] == \
         "image/png"
 
@@ -236,6 +240,7 @@ def test_benchmark_recommends_the_gates_favourite_and_degrades_without_results(
     reset_caches()
     page = console.client.get("/ui/benchmarks").text
     assert "Recommended: steady" in page and "A made-up run." in page
+    assert "names no method tries" not in page  # no per-seed rows: nothing to replay
     assert page.index(">steady") < page.index(">also-steady") < page.index(">fast")
     assert console.client.get("/ui/benchmarks/tradeoff.png").status_code == 404
 

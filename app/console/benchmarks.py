@@ -1,6 +1,7 @@
 """The benchmark's committed results, for the console: its trade-off plot and, per scenario,
 the approximate methods ranked as the README's recommendations rank them (the gate's pass rate
-first, then the gap to retraining)."""
+first, then the gap to retraining), and what this service's default chain for the scenario's
+kind of request publishes, replayed on the run's per-seed gate verdicts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import app
 from app.core.config import get_settings
+from worker.bench.chains import replay
 
 PRESETS = ("zoo", "cpu")  # the first found is shown: zoo is the run the defaults are judged on
 PLOT = "results-tradeoff.png"
@@ -31,10 +33,26 @@ class MethodRow:
 
 
 @dataclass(frozen=True)
+class ChainSummary:
+    """The service's default chain for a kind of request, replayed on the run's trials."""
+
+    methods: list[str]
+    approximate: int  # trials on which a method other than retrain was published
+    trials: int
+    seconds: float  # mean per trial, every candidate tried
+    retrain_seconds: float
+
+    @property
+    def label(self) -> str:
+        return " → ".join(self.methods)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     title: str
     rows: list[MethodRow]  # best first; retrain, the exact reference, excluded
+    default_chain: ChainSummary | None = None
 
     @property
     def recommended(self) -> MethodRow | None:
@@ -102,7 +120,25 @@ def _scenario(document: dict, name: str) -> Scenario:
             for r in document.get("rows", [])
             if isinstance(r, dict) and r.get("scenario") == name and r.get("method") != EXACT]
     rows.sort(key=_rank)
-    return Scenario(name, SCENARIO_NAMES.get(name, name), rows)
+    return Scenario(name, SCENARIO_NAMES.get(name, name), rows, _default_chain(document, name))
+
+
+def _default_chain(document: dict, name: str) -> ChainSummary | None:
+    """The default chain's replay, or None where the run lacks the per-seed rows it needs (a
+    method of the chain not run, or results from before the gate)."""
+    methods = get_settings().default_chain(classes=name == "class")
+    try:
+        outcomes = replay(document, methods, name)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    if not outcomes:
+        return None
+    trials = sum(o.trials for o in outcomes)
+    return ChainSummary(methods=methods, approximate=sum(o.approximate for o in outcomes),
+                        trials=trials,
+                        seconds=sum(o.seconds * o.trials for o in outcomes) / trials,
+                        retrain_seconds=sum(o.retrain_seconds * o.trials for o in outcomes)
+                        / trials)
 
 
 def _rank(row: MethodRow) -> tuple:
