@@ -649,6 +649,35 @@ def test_deepclean_does_not_widen_a_reset_that_forgot_but_cost_utility(digits, m
     assert outcome.metrics["attempts"] == 1
 
 
+def test_deepclean_stops_widening_at_a_costly_attempt_and_keeps_one_that_kept_utility(
+        digits, model, monkeypatch):
+    """The fine-tuning's outcome is scripted (the reset is real): the first attempt keeps
+    utility but leaves the class known; the second forgets more but its fine-tuning wins only
+    some retained accuracy back. A wider third reset would cost more, and the first is the
+    one to keep: summing the misses ranked the costly one closer, and widened again."""
+    import dataclasses
+
+    from worker.engine.methods import deepclean
+
+    task = make_task(model, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    scripted = []
+
+    def finetune(model, masks, task, params, generator, monitor, progress):
+        start = monitor.start
+        run = deepclean.Run("scripted", params.finetune_lr)
+        known = dataclasses.replace(start, forget=60.0)
+        costly = dataclasses.replace(start, forget=30.0, retain=start.retain - 30,
+                                     held_out=start.held_out - 30)
+        scripted.append(known if not scripted else costly)
+        return run, scripted[-1]
+
+    monkeypatch.setattr(deepclean, "finetune_masked", finetune)
+    outcome = run_method("deepclean", task, top_fraction=0.001)
+    assert outcome.metrics["attempts"] == 2
+    assert outcome.metrics["kept_attempt"] == 0
+    assert outcome.metrics["after_finetune"]["forget"] == 60.0
+
+
 def test_deepclean_finetune_scope_all_trains_every_weight(digits, model):
     task = make_task(model, digits, class_rows(digits))
     reset_only = run_method("deepclean", task, finetune_epochs=0).model

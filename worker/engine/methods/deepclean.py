@@ -24,8 +24,11 @@ Lethe's additions (the monitor and its loops are shared, in ``_monitor.py``):
   scattered samples above the gate's window around held-out accuracy: a top 1% of weights
   often holds little that is specific to scattered samples), the method starts again from the
   base weights with twice the share of weights reset, up to ``max_resets`` times, and keeps
-  the attempt closest to what the gate asks (an attempt no closer than the one before ends
-  the search: there D_f's memory is spread too thin for a reset to reach).
+  the attempt closest to what the gate asks, among those that keep utility when any does (an
+  attempt no closer than the one before ends the search: there D_f's memory is spread too
+  thin for a reset to reach; so does one whose fine-tuning could not win utility back, as a
+  wider reset costs more: on the zoo's ResNet the 8% reset that followed a costly 4% one
+  kept 63.6% retain accuracy of 99.6%).
 """
 
 from __future__ import annotations
@@ -286,13 +289,16 @@ class DeepClean(UnlearningMethod):
                 model, masks, task, params, generator, monitor,
                 progress_span(task.progress, 0.5 + attempt * span, 0.5 + (attempt + 1) * span))
             attempts.append(_attempt_record(masks, after_reset, after_finetune, tuned))
-            shortfall = _shortfall(monitor, after_finetune)
-            if best is not None and shortfall >= best[0]:
+            # Closest to the gate's asks, an attempt that keeps utility before any that not.
+            rank = (not monitor.utility_kept(after_finetune),
+                    _shortfall(monitor, after_finetune))
+            if best is not None and rank >= best[0]:
                 break  # a wider reset did no better: D_f is not held in a few weights
-            best = (shortfall, attempt, weights.save())
-            # A wider reset only helps a forget set that is still known: one that misses on
-            # utility alone (or is over-forgotten) would lose more of what D_r needs.
-            if (shortfall == 0 or params.finetune_epochs == 0
+            best = (rank, attempt, weights.save())
+            # A wider reset only helps a forget set that is still known, and only while
+            # fine-tuning wins utility back: a wider one would lose more of what D_r needs.
+            costly, shortfall = rank
+            if (shortfall == 0 or costly or params.finetune_epochs == 0
                     or not monitor.remembered(after_finetune)):
                 break
         _, kept, saved = best
