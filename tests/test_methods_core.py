@@ -438,6 +438,43 @@ def test_descend_undoes_a_target_the_gates_rows_refuse(digits, model):
     assert monitor.confirmations == 2 and monitor.confirmed(net)
 
 
+class RefusingBeyond(Monitor):
+    """A monitor whose whole-row reading refuses any point whose forgotten class's bias lies
+    more than ``allowed`` below its start: as if the samples missed a utility cost there."""
+
+    allowed = 0.13
+
+    def begin(self, model: nn.Module, **kwargs):
+        self.bias_at_start = float(model.classifier.bias[FORGOTTEN_CLASS].detach())
+        return super().begin(model, **kwargs)
+
+    def confirmed(self, model: nn.Module, scale: float = 1.0) -> bool:
+        bias = float(model.classifier.bias[FORGOTTEN_CLASS].detach())
+        return bias >= self.bias_at_start - self.allowed
+
+
+def test_a_descent_kept_short_of_its_target_keeps_the_farthest_blend_the_gates_rows_confirm(
+        digits, model):
+    net = copy.deepcopy(model)
+    task = make_task(net, digits, class_rows(digits), forget_classes=[FORGOTTEN_CLASS])
+    monitor = RefusingBeyond(task, samples=500, generator=seeded_generator(0), read_retain=True)
+    monitor.begin(net)
+    bias = net.classifier.bias
+
+    def step(number: int, _lr: float) -> None:  # one small move, then nothing: it stalls
+        with torch.no_grad():
+            bias[FORGOTTEN_CLASS] -= 0.4 if number == 1 else 0.0
+
+    run = descend(monitor, net, Weights(net.parameters()), step, lr=1.0, max_rounds=10)
+    assert run.stop_reason == "stalled"
+    end = run.history[-1]
+    # Halvings of the 0.4 moved: 0.5 refused, 0.25 confirmed, 0.375 refused, 0.3125 confirmed.
+    assert end["unconfirmed_end"] and end["kept_share"] == 0.3125
+    assert float(bias[FORGOTTEN_CLASS].detach()) == pytest.approx(
+        monitor.bias_at_start - 0.125, abs=1e-5)
+    assert monitor.confirmed(net)
+
+
 def counting_step(model: nn.Module, deltas: list[float]):
     """A 'method' whose round r adds deltas[r - 1] (times the step) to the first weight."""
     weight = next(model.parameters())

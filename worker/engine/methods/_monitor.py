@@ -467,6 +467,9 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
     it (``bisect_steps`` halvings; with none, the closer of the round's two ends is kept). A
     point at the target ends the loop only once the gate's rows confirm its utility
     (:meth:`Monitor.confirmed`, to ``budget_scale`` budgets); otherwise its round is undone.
+    A point kept short of the target is confirmed too; where the gate's rows refuse it, the
+    farthest blend from the start towards it that they confirm is kept instead (four
+    halvings, each one more read of those rows).
 
     ``adaptive=False`` is a paper's fixed schedule: no round is undone for its utility, the
     step is never halved or doubled and a stall does not stop the loop; only the target or
@@ -486,6 +489,7 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
     previous, ceiling, floor = start, math.inf, lr / 2**max_undone
     best: tuple[float, float, list[torch.Tensor]] | None = None  # forget, kept, weights
     stalled = 0
+    origin = weights.save() if adaptive else None
     for round_ in range(1, max_rounds + 1):
         before = weights.save()
         step(round_, run.lr)
@@ -545,7 +549,32 @@ def descend(monitor: Monitor, model: nn.Module, weights: Weights, step: Step, *,
         weights.load(best[2])
         run.kept = best[1]
         run.history.append({"step": best[1], "forget": best[0], "restored": True})
+    if origin is not None and run.kept > 0 and not monitor.confirmed(model, budget_scale):
+        _confirmed_share(monitor, model, weights, origin, run, budget_scale)
     return run
+
+
+@torch.no_grad()
+def _confirmed_share(monitor: Monitor, model: nn.Module, weights: Weights,
+                     origin: list[torch.Tensor], run: Run, budget_scale: float,
+                     steps: int = 4) -> None:
+    """A loop that stopped short keeps a point only its small samples judged: when the gate's
+    rows refuse its utility, keep instead the farthest blend from the loop's start towards it
+    that they confirm (``steps`` halvings; the start itself, which changed nothing, at worst).
+    Without it the gate would refuse the point for utility; a blend may still forget enough."""
+    end = weights.save()
+    low, high = 0.0, 1.0  # the start is confirmed (nothing lost); the end is not
+    for _ in range(steps):
+        middle = (low + high) / 2
+        weights.blend(origin, end, middle)
+        if monitor.confirmed(model, budget_scale):
+            low = middle
+        else:
+            high = middle
+    weights.blend(origin, end, low)
+    run.kept *= low
+    run.history.append({"step": run.kept, "unconfirmed_end": True, "kept_share": low,
+                        "forget": monitor.forget_accuracy(model)})
 
 
 @torch.no_grad()
