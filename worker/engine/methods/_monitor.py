@@ -11,7 +11,9 @@ defaults) instead of running a fixed schedule tuned on one model:
 - :func:`descend` takes rounds of a method's forgetting step until the target is met, undoes
   any round that costs more utility than the gate allows (halving the step), doubles a step
   that barely moves, stops when progress stalls (keeping its best point), and bisects the
-  round that crosses a random-forgetting level onto it;
+  round that crosses a random-forgetting level onto it; the point it ends at is confirmed on
+  the gate's rows (:meth:`Monitor.confirmed`), and one kept short of the target that they
+  refuse gives way to the farthest blend towards the start that they confirm;
 - :func:`repair` takes rounds of a method's recovering step until the utility lost is back
   under half the budget, undoing a round that costs utility or brings a class back, and
   returning to its last acceptable point if scattered samples come back with the utility;

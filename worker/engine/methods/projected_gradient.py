@@ -15,7 +15,8 @@ Lethe's additions (the stopping and step-size logic is shared, in ``_monitor.py`
   guard stopped it); it then decays exponentially, as in the paper;
 - an epoch that costs more utility than the acceptance gate allows is undone and the step
   halved; an epoch that barely moves forget accuracy doubles it; a descent that stalls keeps
-  its best epoch;
+  its best epoch, or, where the gate's rows refuse that epoch's utility, the farthest blend
+  towards the base weights that they confirm;
 - random forgetting stops where a model retrained without D_f is expected to score on it
   (the test accuracy shifted by D_f's difficulty for the base model and along a learning
   curve, kept inside the gate's window), bisecting the last epoch onto that level; a class
