@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from worker.engine.device import eval_batch_size
 from worker.engine.gate import (
     GateThresholds,
     allowed_drop,
@@ -266,17 +267,20 @@ class Monitor:
         ±2 points of noise would go straight into either)."""
         generator = torch.Generator().manual_seed(0)
         test_x, test_y = retained_class_test_rows(self.data)
-        rows = level_rows(len(test_x), generator)
-        self.whole_x, self.whole_y = [test_x[rows]], [test_y[rows]]
+        test = torch.arange(len(test_x))[level_rows(len(test_x), generator)]
+        # Indices, not copies: up to LEVEL_ROWS training rows held for the whole job would
+        # be gigabytes of large images; each read gathers one evaluation batch at a time.
+        self.whole = [(test_x, test_y, test)]
         if self.read_retain:
             retain = self.data.retain_idx
-            retain = retain[level_rows(len(retain), generator)]
-            self.whole_x.append(self.data.x_train[retain])
-            self.whole_y.append(self.data.y_train[retain])
+            self.whole.append((self.data.x_train, self.data.y_train,
+                               retain[level_rows(len(retain), generator)]))
 
     def _whole_correct(self, model: nn.Module) -> list[torch.Tensor]:
-        return [_correct(outputs(model, x, self.device), y)
-                for x, y in zip(self.whole_x, self.whole_y, strict=True)]
+        batch = eval_batch_size(self.device, 256)  # outputs' own batches: the same logits
+        return [torch.cat([_correct(outputs(model, x[chunk], self.device, batch), y[chunk])
+                           for chunk in rows.split(batch)])
+                for x, y, rows in self.whole]
 
     def base_retain_accuracy(self) -> float | None:
         """The base model's accuracy (percent) on every D_r row up to LEVEL_ROWS, when the
