@@ -13,7 +13,7 @@ from typing import Any
 
 import app
 from app.core.config import get_settings
-from worker.bench.chains import replay
+from worker.bench.chains import ChainTotal, over_pairs, replay
 
 PRESETS = ("zoo", "cpu")  # the first found is shown: zoo is the run the defaults are judged on
 PLOT = "results-tradeoff.png"
@@ -33,26 +33,11 @@ class MethodRow:
 
 
 @dataclass(frozen=True)
-class ChainSummary:
-    """The service's default chain for a kind of request, replayed on the run's trials."""
-
-    methods: list[str]
-    approximate: int  # trials on which a method other than retrain was published
-    trials: int
-    seconds: float  # mean per trial, every candidate tried
-    retrain_seconds: float
-
-    @property
-    def label(self) -> str:
-        return " → ".join(self.methods)
-
-
-@dataclass(frozen=True)
 class Scenario:
     name: str
     title: str
     rows: list[MethodRow]  # best first; retrain, the exact reference, excluded
-    default_chain: ChainSummary | None = None
+    default_chain: ChainTotal | None = None
 
     @property
     def recommended(self) -> MethodRow | None:
@@ -123,7 +108,7 @@ def _scenario(document: dict, name: str) -> Scenario:
     return Scenario(name, SCENARIO_NAMES.get(name, name), rows, _default_chain(document, name))
 
 
-def _default_chain(document: dict, name: str) -> ChainSummary | None:
+def _default_chain(document: dict, name: str) -> ChainTotal | None:
     """The default chain's replay, or None where the run lacks the per-seed rows it needs (a
     method of the chain not run, or results from before the gate)."""
     methods = get_settings().default_chain(classes=name == "class")
@@ -131,14 +116,7 @@ def _default_chain(document: dict, name: str) -> ChainSummary | None:
         outcomes = replay(document, methods, name)
     except (KeyError, TypeError, ValueError, IndexError):
         return None
-    if not outcomes:
-        return None
-    trials = sum(o.trials for o in outcomes)
-    return ChainSummary(methods=methods, approximate=sum(o.approximate for o in outcomes),
-                        trials=trials,
-                        seconds=sum(o.seconds * o.trials for o in outcomes) / trials,
-                        retrain_seconds=sum(o.retrain_seconds * o.trials for o in outcomes)
-                        / trials)
+    return over_pairs(methods, outcomes) if outcomes else None
 
 
 def _rank(row: MethodRow) -> tuple:

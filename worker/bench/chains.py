@@ -70,6 +70,37 @@ def _replay_pair(pair: dict[str, Any], chain: list[str], scenario: str) -> Chain
         gap_salun=gap_between_means(published, reference) if published else None)
 
 
+@dataclass(frozen=True)
+class ChainTotal:
+    """One chain's outcomes on every pair of a run, summed (counts) or averaged over the
+    pairs (seconds, speed-up, gap), as the bench averages a method's rows."""
+
+    methods: list[str]
+    first_passed: int
+    approximate: int
+    trials: int
+    seconds: float
+    retrain_seconds: float
+    speedup: float
+    gap_salun: float | None
+
+    @property
+    def label(self) -> str:
+        return " → ".join(self.methods)
+
+
+def over_pairs(chain: list[str], outcomes: list[ChainOutcome]) -> ChainTotal:
+    gaps = [o.gap_salun for o in outcomes]
+    return ChainTotal(
+        methods=chain, first_passed=sum(o.first_passed for o in outcomes),
+        approximate=sum(o.approximate for o in outcomes),
+        trials=sum(o.trials for o in outcomes),
+        seconds=statistics.fmean(o.seconds for o in outcomes),
+        retrain_seconds=statistics.fmean(o.retrain_seconds for o in outcomes),
+        speedup=statistics.fmean(o.speedup for o in outcomes),
+        gap_salun=None if any(g is None for g in gaps) else statistics.fmean(gaps))
+
+
 def _passed(trial: dict[str, Any]) -> bool:
     return not trial.get("error") and (trial.get("gate") or {}).get("verdict") == "passed"
 
@@ -91,28 +122,14 @@ def chains_markdown(results: dict[str, Any], chains: dict[str, list[list[str]]])
         for chain in scenario_chains:
             outcomes = replay(results, chain, scenario)
             label = " → ".join(chain)
-            for outcome in outcomes:
-                lines.append(_row(label, outcome.pair, outcome.first_passed,
-                                  outcome.approximate, outcome.trials, outcome.seconds,
-                                  outcome.speedup, outcome.gap_salun))
-            lines.append(_row(label, "**mean over pairs**",
-                              sum(o.first_passed for o in outcomes),
-                              sum(o.approximate for o in outcomes),
-                              sum(o.trials for o in outcomes),
-                              statistics.fmean(o.seconds for o in outcomes),
-                              statistics.fmean(o.speedup for o in outcomes),
-                              _mean_gap(outcomes)))
+            lines += [_row(label, outcome.pair, outcome) for outcome in outcomes]
+            lines.append(_row(label, "**mean over pairs**", over_pairs(chain, outcomes)))
         lines.append("")
     return "\n".join(lines)
 
 
-def _mean_gap(outcomes: list[ChainOutcome]) -> float | None:
-    gaps = [o.gap_salun for o in outcomes]
-    return None if any(g is None for g in gaps) else statistics.fmean(gaps)
-
-
-def _row(label: str, pair: str, first: int, approximate: int, trials: int, seconds: float,
-         speedup: float, gap: float | None) -> str:
-    shown_gap = "—" if gap is None else f"{gap:.2f}"
-    return (f"| {label} | {pair} | {first}/{trials} | {approximate}/{trials} | {seconds:.2f} "
-            f"| {speedup:.1f}x | {shown_gap} |")
+def _row(label: str, pair: str, outcome: ChainOutcome | ChainTotal) -> str:
+    o = outcome
+    shown_gap = "—" if o.gap_salun is None else f"{o.gap_salun:.2f}"
+    return (f"| {label} | {pair} | {o.first_passed}/{o.trials} | {o.approximate}/{o.trials} "
+            f"| {o.seconds:.2f} | {o.speedup:.1f}x | {shown_gap} |")
