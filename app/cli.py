@@ -476,8 +476,10 @@ def bench_service(
 
 @bench_cli.command("chains")
 def bench_chains(
-    results: Annotated[Path, typer.Argument(help="A benchmark's results.json, e.g. "
-                                            "benchmarks/zoo/results.json.")],
+    results: Annotated[list[Path], typer.Argument(
+        help="A benchmark's results.json (e.g. benchmarks/zoo/results.json), or several runs "
+             "on the same pairs and seeds, merged (a --tune run's tune.json counts as its "
+             "method at the chosen setting).")],
     chain: Annotated[list[str] | None, typer.Option(
         help="SCENARIO=METHOD,METHOD,... (scenario random-10 or class); repeatable. Default: "
              "the service's default chains (LETHE_DEFAULT_CHAIN_SAMPLES for random-10, "
@@ -489,7 +491,7 @@ def bench_chains(
     import json
 
     from app.core.config import get_settings
-    from worker.bench.chains import SCENARIOS, chains_markdown
+    from worker.bench.chains import SCENARIOS, chains_markdown, merged
 
     chains: dict[str, list[list[str]]] = {scenario: [] for scenario in SCENARIOS}
     for entry in chain or []:
@@ -503,9 +505,11 @@ def bench_chains(
         chains = {"random-10": [settings.default_chain_samples, ["retrain"]],
                   "class": [settings.default_chain_classes, ["retrain"]]}
     try:
-        text = chains_markdown(json.loads(results.read_text()), chains)
+        documents = [json.loads(path.read_text()) for path in results]
+        text = chains_markdown(documents[0] if len(documents) == 1 else merged(documents),
+                               chains)
     except (OSError, ValueError, KeyError) as exc:
-        raise typer.BadParameter(f"{results}: {exc}") from None
+        raise typer.BadParameter(f"{', '.join(map(str, results))}: {exc}") from None
     if out is None:
         typer.echo(text)
     else:

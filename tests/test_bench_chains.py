@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from worker.bench.chains import chains_markdown, replay
+from worker.bench.chains import chains_markdown, merged, replay
 
 
 def _trial(passed: bool, seconds: float, ua: float) -> dict:
@@ -64,3 +64,19 @@ def test_the_command_writes_a_table_per_scenario(tmp_path):
                                                 "class": []}) + "\n"
     bad = CliRunner().invoke(cli, ["bench", "chains", str(results), "--chain", "nope=fast"])
     assert bad.exit_code != 0 and "SCENARIO=METHOD" in bad.output
+
+
+def test_runs_merge_and_a_tune_run_counts_as_its_method_at_the_chosen_setting():
+    results = _results()
+    fast_and_retrain = {"pairs": [{"pair": "toy", "rows": results["pairs"][0]["rows"][:2]}]}
+    tuned_slow = {"tune": {"method": "slow", "chosen": {"label": "lr=1"}},
+                  "pairs": [{"pair": "toy", "rows": [
+                      {**results["pairs"][0]["rows"][2], "label": "lr=1"},
+                      {**results["pairs"][0]["rows"][1], "label": "lr=2"},  # not chosen
+                      # a second retrain row: the first run's is the one kept
+                      {**results["pairs"][0]["rows"][0], "per_seed": []}]}]}
+    (outcome,) = replay(merged([fast_and_retrain, tuned_slow]), ["fast", "slow", "retrain"],
+                        "random-10")
+    assert outcome == replay(results, ["fast", "slow", "retrain"], "random-10")[0]
+    assert {row["label"] for row in merged([tuned_slow])["pairs"][0]["rows"]} == {
+        "slow", "retrain"}

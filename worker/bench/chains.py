@@ -37,6 +37,32 @@ class ChainOutcome:
         return self.retrain_seconds / self.seconds if self.seconds > 0 else float("inf")
 
 
+def merged(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs on the same pairs, seeds and originals as one: each pair's rows from every
+    run, the first run's where two have the same row. A ``--tune`` run contributes its chosen
+    setting under its method's name (its other settings are left out), so tune runs on the
+    validation split replay as the methods they tuned."""
+    pairs: dict[str, dict[str, Any]] = {}
+    for document in documents:
+        for pair in document.get("pairs") or [document]:
+            name = pair.get("pair", pair.get("preset", ""))
+            target = pairs.setdefault(name, {"pair": name, "rows": []})
+            seen = {(row["label"], row["scenario"]) for row in target["rows"]}
+            for row in _as_methods(document, pair["rows"]):
+                if (row["label"], row["scenario"]) not in seen:
+                    target["rows"].append(row)
+    return {"pairs": list(pairs.values())}
+
+
+def _as_methods(document: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    tune = document.get("tune")
+    if not tune:
+        return rows
+    chosen = tune["chosen"]["label"]
+    return [row if row["label"] == REFERENCE else {**row, "label": tune["method"]}
+            for row in rows if row["label"] in (REFERENCE, chosen)]
+
+
 def replay(results: dict[str, Any], chain: list[str], scenario: str) -> list[ChainOutcome]:
     """``chain`` on every pair of a suite's ``results`` (or on a single pair's)."""
     pairs = results.get("pairs") or [results]
